@@ -1,0 +1,94 @@
+"""Every exception posenet_ros raises on purpose, each with a message that says what to do.
+
+All derive from :class:`PoseNetError` so callers (CLI, node) can catch one type, print the
+message and exit non-zero. Modules add new error types here, never elsewhere.
+"""
+
+from __future__ import annotations
+
+
+class PoseNetError(Exception):
+    """Base class of all posenet_ros errors."""
+
+
+# --- configuration ---------------------------------------------------------------------------
+class ConfigError(PoseNetError, ValueError):
+    """A configuration value, flag or YAML file is invalid."""
+
+
+class UnknownBackboneError(ConfigError):
+    """The requested backbone name is not one of the supported ones."""
+
+    def __init__(self, name: str, known):
+        super().__init__(f'unknown backbone {name!r}; choose one of: {", ".join(sorted(known))}')
+        self.name = name
+
+
+class DeviceUnavailableError(ConfigError):
+    """The requested torch device cannot be used on this machine."""
+
+
+class WeightsUnavailableError(PoseNetError):
+    """ImageNet weights were requested but cannot be obtained offline."""
+
+
+# --- geometry --------------------------------------------------------------------------------
+class InvalidPoseError(PoseNetError, ValueError):
+    """A pose, quaternion or transform is malformed (zero/non-finite quaternion, wrong shape)."""
+
+
+# --- model files -----------------------------------------------------------------------------
+class ModelFileError(PoseNetError):
+    """Base class for problems with an exported model file."""
+
+
+class ModelNotFoundError(ModelFileError, FileNotFoundError):
+    """The model file does not exist."""
+
+
+class CorruptModelError(ModelFileError):
+    """The model file exists but cannot be loaded (truncated, not a model, wrong format)."""
+
+
+class IncompatibleModelError(ModelFileError):
+    """The model file loads but its metadata is missing or from an unsupported format version."""
+
+
+# --- frames / images -------------------------------------------------------------------------
+class InvalidFrameError(PoseNetError, ValueError):
+    """An input frame has the wrong shape, dtype or size."""
+
+
+class ImageConversionError(InvalidFrameError):
+    """A ROS image message cannot be converted (encoding, step, truncated or undecodable data)."""
+
+
+class NonFiniteOutputError(PoseNetError):
+    """The model produced NaN/inf or a degenerate quaternion for a frame."""
+
+
+# --- datasets --------------------------------------------------------------------------------
+class DatasetError(PoseNetError):
+    """A dataset cannot be read; the message names the file (and line) at fault."""
+
+
+class LabelFormatError(DatasetError):
+    """A label line is malformed."""
+
+    def __init__(self, path, line_no: int, reason: str):
+        super().__init__(f'{path}:{line_no}: {reason}')
+        self.path = path
+        self.line_no = line_no
+
+
+class EmptySplitError(DatasetError):
+    """A requested split contains no samples."""
+
+
+class BagError(DatasetError):
+    """A rosbag2 cannot be used (missing/corrupt, unknown topics, no poses)."""
+
+
+# --- training --------------------------------------------------------------------------------
+class CheckpointError(PoseNetError):
+    """A checkpoint is missing, corrupt or does not match the configuration."""

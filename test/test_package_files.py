@@ -1,0 +1,57 @@
+"""colcon-relevant files: package.xml (format 3) and setup.py's data_files."""
+
+import ast
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_package_xml_format3_and_dependencies():
+    root = ET.parse(ROOT / 'package.xml').getroot()
+    assert root.tag == 'package' and root.get('format') == '3'
+    assert root.findtext('name') == 'posenet_ros'
+    assert root.find('export/build_type').text == 'ament_python'
+    deps = {e.text for e in root.findall('exec_depend')}
+    for key in ('rclpy', 'sensor_msgs', 'geometry_msgs', 'std_srvs', 'tf2_msgs', 'tf2_ros_py',
+                'diagnostic_msgs', 'python3-numpy', 'python3-opencv', 'python3-torch',
+                'python3-torchvision'):
+        assert key in deps, key
+    assert (ROOT / 'resource' / 'posenet_ros').is_file()
+    cfg = (ROOT / 'setup.cfg').read_text()
+    assert 'script_dir=$base/lib/posenet_ros' in cfg
+    assert 'install_scripts=$base/lib/posenet_ros' in cfg
+
+
+def test_setup_py_data_files_install_launch_config_models():
+    # Ask setuptools itself for the resolved data_files (runs setup.py in the repo root).
+    code = (
+        'import setuptools, json, sys\n'
+        'captured = {}\n'
+        'setuptools.setup = lambda **kw: captured.update(kw)\n'
+        "exec(open('setup.py').read())\n"
+        "print(json.dumps({'data_files': captured['data_files'],"
+        " 'entry_points': captured['entry_points']}))\n"
+    )
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    import json
+    info = json.loads(out.stdout)
+    data = {dest: files for dest, files in info['data_files']}
+    assert data['share/ament_index/resource_index/packages'] == ['resource/posenet_ros']
+    assert data['share/posenet_ros'] == ['package.xml']
+    for folder, pattern in (('launch', '*.launch.py'), ('config', '*.yaml')):
+        expected = sorted(str(p.relative_to(ROOT)) for p in (ROOT / folder).glob(pattern))
+        assert expected, f'{folder}/ has no {pattern}'
+        installed = data[f'share/posenet_ros/{folder}']
+        assert set(expected) <= set(installed)
+    assert 'share/posenet_ros/models' in data
+    for exported in (ROOT / 'models').glob('*.ts'):
+        assert str(exported.relative_to(ROOT)) in data['share/posenet_ros/models']
+    scripts = info['entry_points']['console_scripts']
+    assert any(s.startswith('relocalize_node = ') for s in scripts)
+    assert any(s.startswith('posenet-ros = ') for s in scripts)
+    # setup.py is valid Python that ament_python can parse
+    ast.parse((ROOT / 'setup.py').read_text())
