@@ -17,8 +17,11 @@ COMMANDS = {
     'synth': ('posenet_ros.synthetic', 'render the synthetic scene (dataset folder + rosbag2)'),
     'extract-bag': ('posenet_ros.datasets.extract', 'turn a rosbag2 into a dataset folder'),
     'evaluate': ('posenet_ros.evaluate', 'evaluate an exported model on a dataset or a bag'),
-    'replay': ('posenet_ros.replay', 'publish a bag onto live ROS topics'),
+    'replay': ('posenet_ros.node.replay', 'publish a bag onto live ROS topics'),
     'predict': ('posenet_ros.relocalizer', 'predict the pose of image files with an export'),
+    'study': ('posenet_ros.studies', "run one of the paper's experiments (robustness, ...)"),
+    'label': ('posenet_ros.sfm.label', 'label images/video/bag frames with structure from motion'),
+    'import-sfm': ('posenet_ros.sfm.importers', 'turn a COLMAP/NVM reconstruction into a dataset'),
 }
 
 
