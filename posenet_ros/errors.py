@@ -92,3 +92,33 @@ class BagError(DatasetError):
 # --- training --------------------------------------------------------------------------------
 class CheckpointError(PoseNetError):
     """A checkpoint is missing, corrupt or does not match the configuration."""
+
+
+class TrainingDivergedError(PoseNetError):
+    """The training loss became NaN/inf; the message says what to change and where to resume."""
+
+
+# --- structure from motion -------------------------------------------------------------------
+class SfMError(PoseNetError):
+    """Structure from motion failed or its output cannot be used as training labels."""
+
+
+class SfMFormatError(SfMError, DatasetError):
+    """A COLMAP or NVM reconstruction is missing or malformed; the message names the file."""
+
+
+class SfMReconstructionError(SfMError):
+    """SfM failed or registered too few frames; the message says what to try."""
+
+
+class AlignmentError(SfMError, ValueError):
+    """A similarity alignment is impossible (too few, degenerate or unmatched references)."""
+
+
+# --- evaluation ------------------------------------------------------------------------------
+class EvaluationError(PoseNetError):
+    """An evaluation, replay or study cannot run (bad inputs, missing topics, no output)."""
+
+
+class TrajectoryFormatError(EvaluationError, ValueError):
+    """A TUM trajectory file is malformed; the message names the file and line."""

@@ -1,0 +1,138 @@
+"""``posenet-ros label``: real SfM (pycolmap, CPU SIFT) on rendered frames of the synthetic scene.
+
+The frames are rendered from known poses, so the recovered labels are checked against the
+truth: after the automatic alignment to the bag's pose topic they must be metric and close to
+it. SfM is run once per module (~15-40 s on 2 shared cores).
+"""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from posenet_ros import synthetic as syn
+from posenet_ros.datasets.manifest import read_manifest
+from posenet_ros.errors import SfMReconstructionError
+from posenet_ros.geometry import rotation_error_deg, translation_error
+from posenet_ros.sfm import importers, label
+
+pytest.importorskip('pycolmap')
+
+N_FRAMES = 40
+RATE = 10.0
+
+
+@pytest.fixture(scope='module')
+def scene_bag(tmp_path_factory):
+    """A bag with 40 frames (320x240) of the first lap, camera_info and ground-truth poses."""
+    root = tmp_path_factory.mktemp('sfm_label')
+    cfg = syn.SceneConfig()
+    scene, K = syn.make_scene(cfg.seed), cfg.K()
+    # 40 consecutive poses of a 300-frame train trajectory: ~3.6 deg and ~0.1 m between frames.
+    poses = syn.trajectory('train', 300, cfg.seed)[:N_FRAMES]
+    truth = {}
+    with syn.RosbagWriter(root / 'bag') as bag:
+        for i, (p, q) in enumerate(poses):
+            t = 100.0 + i / RATE
+            bag.image('/camera/image_raw', t, syn.render(scene, p, q, K, cfg.width, cfg.height))
+            bag.camera_info('/camera/camera_info', t, K, cfg.width, cfg.height)
+            bag.pose('/ground_truth/pose', t, p, q)
+            truth[f'images/frame_{i:06d}.png'] = (p, q)
+    return root, truth, K
+
+
+@pytest.fixture(scope='module')
+def labelled(scene_bag):
+    root, truth, K = scene_bag
+    out = root / 'labels'
+    rc = label.main([str(root / 'bag'), '--out', str(out), '--fps', str(RATE), '--matcher',
+                     'sequential', '--test-every', '5'])
+    assert rc == 0
+    return out
+
+
+def test_label_bag_recovers_metric_poses(scene_bag, labelled):
+    _, truth, K = scene_bag
+    samples = read_manifest(labelled, 'all')
+    info = json.loads((labelled / 'dataset.json').read_text())
+    n_reg = info['sfm']['n_registered']
+    assert info['sfm']['n_frames'] == N_FRAMES
+    assert n_reg >= 0.75 * N_FRAMES, info['sfm']
+    assert len(samples) == n_reg
+    assert sorted(info['sfm']['unregistered'] + [s.name.split('/')[-1] for s in samples]) == \
+        [f'frame_{i:06d}.png' for i in range(N_FRAMES)]
+    assert info['units'] == 'metres'
+    assert info['alignment']['reference_source'].startswith('bag topic /ground_truth/pose')
+    assert info['sfm']['intrinsics_known'] and info['sfm']['matcher'] == 'sequential'
+    # Labels in the true metric frame: the courtyard is 16 m x 12 m, the lap ~10 m across.
+    t_err = [translation_error(s.position, truth[s.name][0]) for s in samples]
+    r_err = [rotation_error_deg(s.quaternion, truth[s.name][1]) for s in samples]
+    print(f'SfM labels: {n_reg}/{N_FRAMES} registered, median error {np.median(t_err):.3f} m '
+          f'{np.median(r_err):.2f} deg, max {np.max(t_err):.3f} m, alignment residual median '
+          f'{info["alignment"]["residual_m"]["median"]:.3f} m, SfM {info["sfm"]["seconds"]}')
+    assert np.median(t_err) < 0.10, t_err
+    assert np.median(r_err) < 1.0, r_err
+    assert info['alignment']['residual_m']['median'] < 0.10
+    np.testing.assert_allclose(samples[0].intrinsics, K, atol=1e-6)
+    assert {s.split for s in samples} == {'train', 'test'}
+    assert all(s.stamp is not None and 100.0 <= s.stamp < 100.0 + N_FRAMES / RATE
+               for s in samples)
+
+
+def test_import_sfm_with_surveyed_points(scene_bag, labelled, tmp_path):
+    """The label run's COLMAP model, re-imported with 5 surveyed positions, gives metres too."""
+    _, truth, _ = scene_bag
+    names = sorted(n for n in truth if (labelled / n).is_file())
+    survey = tmp_path / 'survey.csv'
+    picked = names[::max(1, len(names) // 5)][:5]
+    survey.write_text('image,x,y,z\n' + ''.join(
+        f'{n.split("/")[-1]},{truth[n][0][0]},{truth[n][0][1]},{truth[n][0][2]}\n'
+        for n in picked))
+    importers.import_sfm(labelled / 'sfm' / 'model', labelled / 'images', tmp_path / 'ds',
+                         reference_csv=survey)
+    samples = read_manifest(tmp_path / 'ds', 'all')
+    t_err = [translation_error(s.position, truth['images/' + s.name.split('/')[-1]][0])
+             for s in samples]
+    assert np.median(t_err) < 0.15, t_err
+
+
+def test_sfm_units_are_reported_without_reference(scene_bag, labelled, tmp_path, caplog):
+    importers.import_sfm(labelled / 'sfm' / 'model', labelled / 'images', tmp_path / 'ds')
+    info = json.loads((tmp_path / 'ds' / 'dataset.json').read_text())
+    assert info['units'] == 'sfm_units' and 'arbitrary SfM units' in info['alignment']['note']
+    assert 'arbitrary SfM units' in caplog.text
+
+
+def test_unreconstructable_input_fails_with_advice(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / 'noise').mkdir()
+    for i in range(4):
+        img = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+        cv2.imwrite(str(tmp_path / 'noise' / f'{i}.png'), img)
+    with pytest.raises(SfMReconstructionError, match='What to try'):
+        label.label(tmp_path / 'noise', tmp_path / 'out', progress=False)
+
+
+def test_video_frames_are_subsampled_by_time_and_motion(tmp_path):
+    cfg = syn.SceneConfig(width=160, height=120, fx=138.5)
+    scene = syn.make_scene(0)
+    poses = syn.trajectory('train', 300, 0)[:12]
+    video = tmp_path / 'walk.avi'
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*'MJPG'), 10.0, (160, 120))
+    assert writer.isOpened()
+    for i, (p, q) in enumerate(poses):
+        if i in (4, 5, 6):  # the camera stands still: same view three more times
+            p, q = poses[3]
+        rgb = syn.render(scene, p, q, cfg.K(), 160, 120)
+        writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    writer.release()
+    by_time = label.collect_frames(video, tmp_path / 'a', fps=2.5, progress=False)
+    assert by_time.kind == 'video' and by_time.n_source == 12
+    assert by_time.names == [f'frame_{i:06d}.png' for i in (0, 4, 8)]
+    assert (tmp_path / 'a' / 'frame_000004.png').is_file()
+    by_motion = label.collect_frames(video, tmp_path / 'b', fps=None, min_motion=0.01,
+                                     progress=False)
+    kept = [int(n[6:12]) for n in by_motion.names]
+    assert not {4, 5, 6} & set(kept)  # no new view while standing still
+    assert 0 in kept and len(kept) >= 6
