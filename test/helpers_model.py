@@ -1,0 +1,62 @@
+"""Shared test helpers: tiny real exported models and real-looking frames.
+
+``make_tiny_export`` builds a random-init PoseNet and exports it with the real exporter. By
+default only the TorchScript file is written (~2 s); ``pt2=True`` also writes the ``.pt2``
+(torch.export is slow here: ~10 s), so share such a model through a module-scoped fixture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from posenet_ros.export import export_model
+from posenet_ros.model import build_posenet
+
+SAMPLE_IMAGE = 'grace_hopper.jpg'  # a real photo (512 wide x 600 high) shipped with matplotlib
+
+
+def spread_head(net: nn.Module, seed: int = 0, std: float = 0.05) -> nn.Module:
+    """Re-initialise the pose regressors with larger random weights (in place).
+
+    The default head init is deliberately small (near-identity rotation), which makes every
+    frame give almost the same output; tests comparing implementations need outputs that vary
+    with the input and quaternions in both hemispheres.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if '.fc_xyz.' in name or '.fc_wpqr.' in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * (std if p.dim() > 1 else 1.0))
+    return net
+
+
+def make_tiny_export(tmp_dir, backbone: str = 'mobilenet_v3_small', crop: int = 64,
+                     resize: int | None = None, name: str = 'tiny', pt2: bool = False,
+                     pos_mean=(1.0, -2.0, 0.5), pos_scale: float = 3.0,
+                     seed: int = 0) -> Path:
+    """Export a random-init (seeded) PoseNet; returns the ``.ts`` path (``.pt2`` beside it)."""
+    torch.manual_seed(seed)
+    net = spread_head(build_posenet(backbone), seed=seed).eval()
+    result = export_model(net, out_dir=tmp_dir, name=name, resize=resize or crop + crop // 8,
+                          crop=crop, pos_mean=pos_mean, pos_scale=pos_scale,
+                          training={'epochs': 0, 'note': 'random init test model'},
+                          config={'backbone': backbone}, pt2=pt2)
+    return result.ts_path
+
+
+def sample_image_rgb() -> np.ndarray:
+    """A real photo as RGB uint8 (600, 512, 3), non-square."""
+    import cv2
+    import matplotlib.cbook
+
+    path = matplotlib.cbook.get_sample_data(SAMPLE_IMAGE, asfileobj=False)
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def random_frames(shape, seed: int = 0) -> np.ndarray:
+    """Random uint8 frames of ``shape`` (..., H, W, 3)."""
+    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
