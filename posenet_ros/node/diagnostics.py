@@ -1,0 +1,116 @@
+"""Thread-safe counters and timings of the relocalization node, summarised for /diagnostics.
+
+Plain Python (no rclpy): the node feeds events in from its subscription callback and worker, and
+turns :meth:`NodeStats.snapshot` into a ``diagnostic_msgs/DiagnosticStatus`` once per period.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+
+import numpy as np
+
+__all__ = ['NodeStats', 'OK', 'WARN', 'ERROR']
+
+# diagnostic_msgs/DiagnosticStatus levels (bytes in the message; ints here).
+OK, WARN, ERROR = 0, 1, 2
+
+
+class NodeStats:
+    """Event counters (totals), per-period rates and rolling latency percentiles.
+
+    ``window`` is the number of recent frames the percentiles (inference time, frame age) cover.
+    """
+
+    def __init__(self, window: int = 200, clock=time.monotonic):
+        self._lock = threading.Lock()
+        self._clock = clock
+        self.totals: Counter = Counter()
+        self.rejected: Counter = Counter()  # reason -> count
+        self._infer_ms: deque = deque(maxlen=window)
+        self._age_ms: deque = deque(maxlen=window)
+        self._last_raw_norm = float('nan')
+        self._last_error = ''
+        self._mark_time = clock()
+        self._mark_totals: Counter = Counter()
+        self._last_input_time: float | None = None
+
+    # --- events ---------------------------------------------------------------------------------
+    def count(self, event: str, n: int = 1) -> None:
+        """Increment a total: 'received', 'dropped', 'stale', 'published', 'rate_limited', ..."""
+        with self._lock:
+            self.totals[event] += n
+            if event == 'received':
+                self._last_input_time = self._clock()
+
+    def reject(self, reason: str, message: str = '') -> None:
+        """Count a rejected frame (bad encoding, undecodable, non-finite output...)."""
+        with self._lock:
+            self.totals['rejected'] += 1
+            self.rejected[reason] += 1
+            if message:
+                self._last_error = f'{reason}: {message}'
+
+    def processed(self, inference_ms: float, age_s: float | None, raw_quat_norm: float) -> None:
+        """Record one frame that went through the model (timings in ms / s)."""
+        with self._lock:
+            self._infer_ms.append(float(inference_ms))
+            if age_s is not None:
+                self._age_ms.append(1000.0 * float(age_s))
+            self._last_raw_norm = float(raw_quat_norm)
+
+    # --- summary --------------------------------------------------------------------------------
+    def snapshot(self, continuous: bool = True, input_topic: str = '') -> dict:
+        """Summary since the previous snapshot: ``level``, ``message`` and ``values`` (str -> str).
+
+        Rates cover the time since the previous call; totals and percentiles are cumulative /
+        rolling. The level is WARN when frames were rejected or dropped as stale in the period,
+        when no input arrived in the period, or when continuous mode got input but published
+        nothing.
+        """
+        with self._lock:
+            now = self._clock()
+            dt = max(now - self._mark_time, 1e-6)
+            keys = ('received', 'published', 'rejected', 'stale', 'dropped', 'rate_limited')
+            delta = {k: self.totals[k] - self._mark_totals[k] for k in keys}
+            self._mark_time, self._mark_totals = now, Counter(self.totals)
+            infer = np.asarray(self._infer_ms, dtype=np.float64)
+            age = np.asarray(self._age_ms, dtype=np.float64)
+
+            def pct(a, q):
+                return f'{np.percentile(a, q):.2f}' if a.size else 'n/a'
+
+            values = {
+                'input_topic': input_topic,
+                'input_rate_hz': f'{delta["received"] / dt:.2f}',
+                'output_rate_hz': f'{delta["published"] / dt:.2f}',
+                'inference_ms_p50': pct(infer, 50),
+                'inference_ms_p95': pct(infer, 95),
+                'frame_age_ms_p50': pct(age, 50),
+                'frame_age_ms_max': f'{age.max():.2f}' if age.size else 'n/a',
+                'frames_received': str(self.totals['received']),
+                'frames_published': str(self.totals['published']),
+                'frames_dropped': str(self.totals['dropped']),
+                'frames_stale': str(self.totals['stale']),
+                'frames_rate_limited': str(self.totals['rate_limited']),
+                'frames_rejected': str(self.totals['rejected']),
+                'raw_quat_norm': f'{self._last_raw_norm:.4f}',
+                'continuous': str(bool(continuous)).lower(),
+                'last_error': self._last_error,
+            }
+            for reason, n in sorted(self.rejected.items()):
+                values[f'rejected_{reason}'] = str(n)
+            problems = []
+            if delta['rejected']:
+                problems.append(f'{delta["rejected"]} frame(s) rejected')
+            if delta['stale']:
+                problems.append(f'{delta["stale"]} stale frame(s) dropped')
+            if not delta['received']:
+                problems.append(f'no images on {input_topic or "the input topic"}')
+            elif continuous and not delta['published'] and not delta['rate_limited']:
+                problems.append('images arrive but no pose was published')
+        level = WARN if problems else OK
+        message = '; '.join(problems) if problems else 'relocalizing'
+        return {'level': level, 'message': message, 'values': values}

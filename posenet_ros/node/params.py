@@ -1,0 +1,191 @@
+"""Every parameter of the relocalization node: one table, its validation, its ROS descriptors.
+
+The table (:data:`PARAMS`) is plain Python so the defaults, ``config/relocalize.yaml``, the launch
+file and ``docs/node.md`` can be checked against it without ROS. :func:`validate` is the single
+rule set used both at start-up and in the node's ``on_set_parameters`` callback, so a value that
+would be refused at run time is also refused in a params file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ['ParamSpec', 'PARAMS', 'SPECS', 'defaults', 'validate', 'descriptor']
+
+TF_MODES = ('camera', 'map_to_odom', 'none')
+TRANSPORTS = ('raw', 'compressed')
+RELIABILITIES = ('best_effort', 'reliable')
+DEVICES_HELP = "'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available, else cpu)"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter: name, default (its type is the parameter type) and constraints."""
+
+    name: str
+    default: Any
+    description: str
+    read_only: bool = False
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+    additional: str = field(default='')  # extra constraint text shown by `ros2 param describe`
+
+
+PARAMS: tuple[ParamSpec, ...] = (
+    # --- model (a restart is needed to change any of these) ---
+    ParamSpec('model_path', '', 'exported PoseNet model (.ts or .pt2) to load; required',
+              read_only=True),
+    ParamSpec('device', 'auto', f'torch device: {DEVICES_HELP}', read_only=True),
+    ParamSpec('warmup_iterations', 3, 'forward passes run before subscribing (first calls are '
+              'slow)', read_only=True, min=0, max=100),
+    ParamSpec('num_threads', 0, "torch intra-op CPU threads; 0 keeps torch's default",
+              read_only=True, min=0, max=256),
+    # --- input ---
+    ParamSpec('image_topic', '/camera/image_raw', 'raw camera topic; the compressed transport '
+              'subscribes to <image_topic>/compressed', read_only=True),
+    ParamSpec('image_transport', 'raw', 'raw (sensor_msgs/Image) or compressed '
+              '(sensor_msgs/CompressedImage, JPEG/PNG)', read_only=True, choices=TRANSPORTS),
+    ParamSpec('input_reliability', 'best_effort', 'camera subscription reliability; best_effort '
+              'matches both reliable and best-effort publishers', read_only=True,
+              choices=RELIABILITIES),
+    ParamSpec('max_image_age', 0.5, 'frames older than this (s, node clock minus image stamp) are '
+              'dropped; 0 disables the check', min=0.0, max=3600.0),
+    # --- output ---
+    ParamSpec('continuous', True, 'publish a pose for every processed frame (also set by the '
+              '~/enable service); off: only ~/relocalize requests are served'),
+    ParamSpec('max_rate', 0.0, 'upper limit of the continuous output rate (Hz); 0 = as fast as '
+              'frames arrive and the model keeps up', min=0.0, max=1000.0),
+    ParamSpec('map_frame', '', "frame of the published poses; empty = the model's "
+              'metadata frames.map_frame'),
+    ParamSpec('camera_frame', '', 'camera optical frame the pose describes; empty = the image '
+              "header frame_id, else the model's frames.camera_frame"),
+    ParamSpec('position_stddev', 0.5, 'standard deviation (m) of x, y, z in the published '
+              'covariance', min=1e-4, max=1000.0),
+    ParamSpec('orientation_stddev', 0.2, 'standard deviation (rad) of roll, pitch, yaw in the '
+              'published covariance', min=1e-4, max=math.pi),
+    # --- TF ---
+    ParamSpec('tf_mode', 'camera', 'camera: map -> <camera_frame><tf_child_suffix>; '
+              'map_to_odom: map -> odom from odom -> camera (needs tf2_ros); none', read_only=True,
+              choices=TF_MODES),
+    ParamSpec('tf_child_suffix', '_posenet', 'suffix of the child frame broadcast in camera mode '
+              '(a distinct frame, so it never gives the camera a second parent)', read_only=True),
+    ParamSpec('odom_frame', 'odom', 'odometry frame (map_to_odom mode)'),
+    ParamSpec('base_frame', 'base_link', 'robot base frame of the initial-pose hint'),
+    ParamSpec('transform_tolerance', 0.1, 'map -> odom is future-dated by this much (s), as AMCL '
+              'does', min=0.0, max=10.0),
+    ParamSpec('tf_timeout', 0.05, 'longest wait (s) for a TF lookup at the image stamp',
+              min=0.0, max=5.0),
+    # --- SLAM fallback ---
+    ParamSpec('initial_pose_topic', '/initialpose', 'topic of the one-shot initial-pose hint '
+              '(PoseWithCovarianceStamped of base_frame in map) sent by ~/relocalize',
+              read_only=True),
+    ParamSpec('camera_in_base', [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], 'fallback extrinsic '
+              'T_base_camera as [x, y, z, qx, qy, qz, qw] (camera optical frame in base_frame), '
+              'used when TF cannot provide base_frame -> camera_frame', additional='7 numbers, '
+              'unit quaternion xyzw'),
+    ParamSpec('use_tf_extrinsic', True, 'look up base_frame -> camera_frame in TF for the '
+              'initial pose (needs tf2_ros); falls back to camera_in_base', read_only=True),
+    ParamSpec('relocalize_timeout', 2.0, 'longest wait (s) of ~/relocalize for a valid frame',
+              min=0.05, max=60.0),
+    # --- diagnostics ---
+    ParamSpec('diagnostics_period', 1.0, 'period (s) of /diagnostics messages', read_only=True,
+              min=0.05, max=60.0),
+    ParamSpec('log_throttle', 5.0, 'minimum period (s) between repeated warnings of one kind',
+              min=0.0, max=3600.0),
+)
+
+SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
+
+
+def defaults() -> dict[str, Any]:
+    """Name -> default value of every parameter (a fresh copy)."""
+    return {p.name: (list(p.default) if isinstance(p.default, list) else p.default)
+            for p in PARAMS}
+
+
+def _type_ok(spec: ParamSpec, value: Any) -> bool:
+    d = spec.default
+    if isinstance(d, bool):
+        return isinstance(value, bool)
+    if isinstance(d, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(d, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(d, str):
+        return isinstance(value, str)
+    if isinstance(d, list):
+        return isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return False
+
+
+def validate(name: str, value: Any) -> str | None:
+    """Return why ``value`` is not acceptable for parameter ``name``, or ``None`` if it is."""
+    spec = SPECS.get(name)
+    if spec is None:
+        return f'unknown parameter {name!r}'
+    if not _type_ok(spec, value):
+        return f'{name} must be a {type(spec.default).__name__}, got {value!r}'
+    if spec.choices and value not in spec.choices:
+        return f'{name} must be one of {", ".join(spec.choices)}, got {value!r}'
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(float(value)):
+            return f'{name} must be finite, got {value!r}'
+        if spec.min is not None and value < spec.min:
+            return f'{name} must be >= {spec.min}, got {value!r}'
+        if spec.max is not None and value > spec.max:
+            return f'{name} must be <= {spec.max}, got {value!r}'
+    if name == 'device':
+        dev = value.strip().lower()
+        if not (dev in ('auto', 'cpu', 'cuda') or (dev.startswith('cuda:')
+                                                    and dev[5:].isdigit())):
+            return f'device must be {DEVICES_HELP}, got {value!r}'
+    if name == 'camera_in_base':
+        vals = [float(v) for v in value]
+        if len(vals) != 7 or not all(math.isfinite(v) for v in vals):
+            return ('camera_in_base must be 7 finite numbers [x, y, z, qx, qy, qz, qw], '
+                    f'got {value!r}')
+        norm = math.sqrt(sum(v * v for v in vals[3:]))
+        if abs(norm - 1.0) > 1e-3:
+            return ('camera_in_base quaternion (qx, qy, qz, qw) must be unit, its norm is '
+                    f'{norm:.4f}')
+    if name in ('map_frame', 'odom_frame', 'base_frame', 'camera_frame', 'tf_child_suffix'):
+        if value != value.strip() or ' ' in value:
+            return f'{name} must not contain spaces, got {value!r}'
+        if value.startswith('/'):
+            return f'{name}: tf2 frame ids must not start with "/", got {value!r}'
+        if name in ('odom_frame', 'base_frame') and not value:
+            return f'{name} must not be empty'
+    if name in ('image_topic', 'initial_pose_topic') and not value.strip():
+        return f'{name} must not be empty'
+    return None
+
+
+def descriptor(spec: ParamSpec):
+    """``rcl_interfaces/ParameterDescriptor`` of a spec (ranges, read-only, description)."""
+    from rcl_interfaces.msg import (
+        FloatingPointRange,
+        IntegerRange,
+        ParameterDescriptor,
+        ParameterType,
+    )
+
+    d = spec.default
+    ptype = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
+             float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
+             list: ParameterType.PARAMETER_DOUBLE_ARRAY}[type(d)]
+    extra = spec.additional
+    if spec.choices:
+        extra = 'one of: ' + ', '.join(spec.choices)
+    desc = ParameterDescriptor(name=spec.name, type=ptype, description=spec.description,
+                               additional_constraints=extra, read_only=spec.read_only)
+    if spec.min is not None and isinstance(d, float):
+        desc.floating_point_range = [FloatingPointRange(
+            from_value=float(spec.min), to_value=float(spec.max), step=0.0)]
+    elif spec.min is not None and isinstance(d, int) and not isinstance(d, bool):
+        desc.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max),
+                                           step=1)]
+    return desc

@@ -1,0 +1,606 @@
+"""The ROS 2 relocalization node ``posenet_relocalizer`` (console script ``relocalize_node``).
+
+Data flow: the camera subscription callback only stores the newest message (drop-oldest, counted)
+and wakes one worker thread; the worker converts, runs the model and publishes, so a slow model
+never builds a queue. Every output is stamped with the input image's stamp.
+
+Outputs (see docs/node.md for the full tables):
+
+* ``~/pose`` (PoseStamped) and ``~/pose_with_covariance`` (PoseWithCovarianceStamped): the camera
+  optical frame in the map frame (``T_map_cam``; ROS xyzw quaternion);
+* ``/tf`` (tf2_msgs/TFMessage): ``map -> <camera><suffix>`` (camera mode) or ``map -> odom``
+  (map_to_odom mode, needs tf2_ros), or nothing;
+* ``/initialpose`` (configurable): the base frame's pose in map, once per ``~/relocalize`` call;
+* ``/diagnostics``: rates, inference p50/p95, frame age, dropped/rejected frames, model id.
+
+Run it with ``relocalize_node --ros-args --params-file config/relocalize.yaml -p model_path:=...``
+(or ``python -m posenet_ros.node.relocalize_node ...`` before the console script is installed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time as TimeMsg
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+)
+from rclpy.signals import SignalHandlerOptions
+from rclpy.time import Time
+from sensor_msgs.msg import CompressedImage, Image
+from std_srvs.srv import SetBool, Trigger
+
+from posenet_ros import geometry
+from posenet_ros.errors import (
+    ConfigError,
+    ImageConversionError,
+    InvalidFrameError,
+    ModelNotFoundError,
+    NonFiniteOutputError,
+    PoseNetError,
+)
+from posenet_ros.image_conversion import decode_compressed, decode_image
+from posenet_ros.node import params as P
+from posenet_ros.node.diagnostics import NodeStats
+from posenet_ros.node.frames import FrameStager, base_in_map, map_to_odom, xyzw_pose_to_matrix
+
+__all__ = ['NODE_NAME', 'RelocalizerNode', 'main']
+
+NODE_NAME = 'posenet_relocalizer'
+
+# Outputs: reliable, depth 10 (CONVENTIONS). /tf: what tf2_ros.TransformBroadcaster uses
+# (DynamicBroadcasterQoS: reliable, volatile, keep last 100).
+OUTPUT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                        history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE)
+TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                    history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE)
+
+
+def input_qos(reliability: str) -> QoSProfile:
+    """Sensor-data QoS with depth 1; ``reliability`` 'best_effort' (default) or 'reliable'."""
+    rel = (ReliabilityPolicy.RELIABLE if reliability == 'reliable'
+           else ReliabilityPolicy.BEST_EFFORT)
+    return QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=rel,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+@dataclass
+class _Request:
+    """A pending ~/relocalize call, served by the first valid frame received after it."""
+
+    t_request: float
+    done: threading.Event = field(default_factory=threading.Event)
+    result: dict | None = None
+    last_error: str = ''
+
+
+@dataclass
+class _Slot:
+    msg: object
+    t_received: float  # time.monotonic() at receipt
+    compressed: bool
+
+
+class RelocalizerNode(Node):
+    """PoseNet relocalization node; see the module docstring and docs/node.md."""
+
+    def __init__(self, **node_kwargs):
+        super().__init__(NODE_NAME, **node_kwargs)
+        self._log = self.get_logger()
+        self._cfg = self._declare_parameters()
+        self._stats = NodeStats()
+        self._throttle: dict[str, tuple[float, int]] = {}
+
+        self._load_model()
+        self._map_frame_default = str(self._frames.get('map_frame') or 'map')
+        self._camera_frame_default = str(self._frames.get('camera_frame') or 'camera_optical')
+
+        # Outputs.
+        self._pose_pub = self.create_publisher(PoseStamped, '~/pose', OUTPUT_QOS)
+        self._cov_pub = self.create_publisher(PoseWithCovarianceStamped, '~/pose_with_covariance',
+                                              OUTPUT_QOS)
+        self._init_pub = self.create_publisher(PoseWithCovarianceStamped,
+                                               self._cfg['initial_pose_topic'], OUTPUT_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', OUTPUT_QOS)
+        self._setup_tf()
+
+        # Services and timers in their own groups so ~/relocalize can wait for the worker while
+        # the image callback keeps running on another executor thread.
+        self._srv_group = ReentrantCallbackGroup()
+        self._input_group = MutuallyExclusiveCallbackGroup()
+        self.create_service(Trigger, '~/relocalize', self._on_relocalize,
+                            callback_group=self._srv_group)
+        self.create_service(SetBool, '~/enable', self._on_enable, callback_group=self._srv_group)
+        self.create_timer(self._cfg['diagnostics_period'], self._publish_diagnostics,
+                          callback_group=MutuallyExclusiveCallbackGroup())
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._after_set_parameters)
+
+        # Worker state.
+        self._cond = threading.Condition()
+        self._slot: _Slot | None = None
+        self._requests: list[_Request] = []
+        self._running = True
+        self._last_output = -math.inf
+        self._worker = threading.Thread(target=self._work, name='posenet_worker', daemon=True)
+        self._worker.start()
+
+        self._subscribe()  # last: the model is loaded and warm before the first frame arrives
+        self._log.info(
+            f'ready: model {self._model_id} on {self._device}, input {self._input_topic} '
+            f'({self._cfg["image_transport"]}, {self._cfg["input_reliability"]}), '
+            f'tf_mode {self._tf_mode}, map frame {self._map_frame()}')
+
+    # --- set-up ---------------------------------------------------------------------------------
+    def _declare_parameters(self) -> dict:
+        cfg = {}
+        for spec in P.PARAMS:
+            try:
+                param = self.declare_parameter(spec.name, spec.default, P.descriptor(spec))
+            except Exception as exc:  # rclpy: wrong type / out of range in a params file
+                hint = (' (write a double with a decimal point, e.g. 3.0)'
+                        if isinstance(spec.default, float) else '')
+                raise ConfigError(f'parameter {spec.name}: {exc}{hint}') from exc
+            cfg[spec.name] = param.value
+        for name, value in cfg.items():
+            reason = P.validate(name, value)
+            if reason:
+                raise ConfigError(f'invalid parameter: {reason}')
+        if not cfg['model_path']:
+            raise ConfigError('parameter model_path is empty: pass the exported model, e.g. '
+                              '--ros-args -p model_path:=/path/to/model.ts')
+        if not Path(cfg['model_path']).expanduser().is_file():  # fail fast, before importing torch
+            raise ModelNotFoundError(f'model file {cfg["model_path"]} (parameter model_path) does '
+                                     'not exist; export one with posenet-ros train or fix the '
+                                     'path')
+        cfg['model_path'] = str(Path(cfg['model_path']).expanduser())
+        overrides = getattr(self, '_parameter_overrides', {}) or {}
+        unknown = sorted(set(overrides) - set(P.SPECS) - {'use_sim_time'})
+        if unknown:
+            self._log.warning(f'ignoring unknown parameters (typo?): {", ".join(unknown)}')
+        return cfg
+
+    def _load_model(self) -> None:
+        import torch
+
+        from posenet_ros.relocalizer import Relocalizer, resolve_device
+
+        if self._cfg['num_threads'] > 0:
+            torch.set_num_threads(self._cfg['num_threads'])
+        self._device = resolve_device(self._cfg['device'])
+        t0 = time.monotonic()
+        self._relocalizer = Relocalizer(self._cfg['model_path'], self._device,
+                                        self._cfg['warmup_iterations'])
+        meta = self._relocalizer.metadata or {}
+        self._frames = meta.get('frames') or {}
+        self._model_id = str(meta.get('model_id', 'unknown'))
+        self._stager = FrameStager(torch.device(self._device))
+        self._log.info(f'loaded {self._cfg["model_path"]} (model {self._model_id}, backbone '
+                       f'{meta.get("backbone", "?")}) on {self._device} in '
+                       f'{time.monotonic() - t0:.2f} s')
+
+    def _setup_tf(self) -> None:
+        self._tf_msg_type = None
+        self._tf_buffer = None
+        self._tf_mode = self._cfg['tf_mode']
+        if self._tf_mode != 'none':
+            try:
+                from tf2_msgs.msg import TFMessage
+                self._tf_msg_type = TFMessage
+                self._tf_pub = self.create_publisher(TFMessage, '/tf', TF_QOS)
+            except ImportError:
+                self._log.error('tf2_msgs is not installed: no TF output (poses are still '
+                                'published); install ros-kilted-tf2-msgs or build '
+                                'ros_interfaces/tf2_msgs into this environment')
+                self._tf_mode = 'none'
+        need_lookup = self._tf_mode == 'map_to_odom' or self._cfg['use_tf_extrinsic']
+        if need_lookup:
+            try:
+                import tf2_ros  # lazy: not available as a wheel
+                self._tf_buffer = tf2_ros.Buffer()
+                self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+            except ImportError:
+                if self._tf_mode == 'map_to_odom':
+                    self._log.error('tf_mode map_to_odom needs tf2_ros (apt install '
+                                    'ros-kilted-tf2-ros-py) to look up odom -> camera; '
+                                    'no TF will be published (use tf_mode camera)')
+                    self._tf_mode = 'none'
+                if self._cfg['use_tf_extrinsic']:
+                    self._log.info('tf2_ros is not available: the initial pose uses the '
+                                   'camera_in_base parameter as the camera extrinsic')
+
+    def _subscribe(self) -> None:
+        qos = input_qos(self._cfg['input_reliability'])
+        compressed = self._cfg['image_transport'] == 'compressed'
+        base = self._cfg['image_topic']
+        self._input_topic = base.rstrip('/') + '/compressed' if compressed else base
+        events = self._event_callbacks()
+        self._sub = self.create_subscription(
+            CompressedImage if compressed else Image, self._input_topic,
+            lambda msg: self._on_image(msg, compressed), qos,
+            callback_group=self._input_group, event_callbacks=events)
+        self._input_topic = self._sub.topic_name
+
+    def _event_callbacks(self):
+        from rclpy.event_handler import SubscriptionEventCallbacks
+
+        def incompatible_qos(info):
+            self._log.error(
+                f'incompatible QoS with a publisher on {self._input_topic}: policy '
+                f'{getattr(info, "last_policy_kind", "?")} ({info.total_count} total). This node '
+                f'subscribes {self._cfg["input_reliability"]}; set input_reliability:=best_effort '
+                'to accept any publisher')
+
+        def incompatible_type(info):
+            self._log.error(f'a publisher on {self._input_topic} uses another message type; '
+                            'check image_transport (raw: sensor_msgs/Image, compressed: '
+                            'sensor_msgs/CompressedImage on <image_topic>/compressed)')
+
+        try:
+            return SubscriptionEventCallbacks(incompatible_qos=incompatible_qos,
+                                              incompatible_type=incompatible_type)
+        except TypeError:  # older rclpy without incompatible_type
+            return SubscriptionEventCallbacks(incompatible_qos=incompatible_qos)
+
+    # --- parameters -----------------------------------------------------------------------------
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        for p in params:
+            if p.name == 'use_sim_time':
+                continue
+            if p.name in P.SPECS and P.SPECS[p.name].read_only:
+                return SetParametersResult(successful=False,
+                                           reason=f'{p.name} is read-only: restart the node')
+            reason = P.validate(p.name, p.value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    def _after_set_parameters(self, params: list[Parameter]) -> None:
+        for p in params:
+            if p.name in self._cfg:
+                self._cfg[p.name] = p.value
+                self._log.info(f'parameter {p.name} = {p.value!r}')
+
+    # --- input ----------------------------------------------------------------------------------
+    def _on_image(self, msg, compressed: bool) -> None:
+        slot = _Slot(msg, time.monotonic(), compressed)
+        self._stats.count('received')
+        with self._cond:
+            if self._slot is not None:
+                self._stats.count('dropped')  # overwritten before the worker got to it
+            self._slot = slot
+            self._cond.notify()
+
+    # --- worker ---------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while self._running and self._slot is None:
+                    self._cond.wait(0.5)
+                if not self._running:
+                    return
+                slot, self._slot = self._slot, None
+                pending = [r for r in self._requests if r.t_request <= slot.t_received]
+            try:
+                self._process(slot, pending)
+            except Exception as exc:  # never let one frame kill the worker
+                self._reject('internal', f'{type(exc).__name__}: {exc}', pending)
+
+    def _process(self, slot: _Slot, pending: list[_Request]) -> None:
+        cfg = self._cfg
+        if not pending:
+            if not cfg['continuous']:
+                self._stats.count('idle')
+                return
+            if cfg['max_rate'] > 0.0:
+                # 5 % slack so that e.g. 10 Hz from a 30 Hz camera is not rounded down to 7.5 Hz.
+                if slot.t_received - self._last_output < 0.95 / cfg['max_rate']:
+                    self._stats.count('rate_limited')
+                    return
+        msg = slot.msg
+        stamp = msg.header.stamp
+        age = None
+        if stamp.sec or stamp.nanosec:
+            age = (self.get_clock().now() - Time.from_msg(stamp)).nanoseconds * 1e-9
+            if cfg['max_image_age'] > 0.0 and age > cfg['max_image_age']:
+                self._stats.count('stale')
+                why = (f'dropping a frame {age:.3f} s old (max_image_age '
+                       f'{cfg["max_image_age"]} s); check clocks / use_sim_time')
+                self._warn('stale', why)
+                for r in pending:
+                    r.last_error = f'stale: {why}'
+                return
+        else:
+            self._warn('unstamped', 'input image has a zero stamp: outputs will be stamped 0 and '
+                       'max_image_age cannot be checked')
+        try:
+            if slot.compressed:
+                raw = decode_compressed(msg.format, msg.data)
+            else:
+                raw = decode_image(msg.encoding, msg.height, msg.width, msg.step,
+                                   msg.is_bigendian, msg.data)
+            staged = self._stager.stage(raw)
+        except ImageConversionError as exc:
+            self._reject('conversion', str(exc), pending)
+            return
+        t0 = time.perf_counter()
+        try:
+            if self._stager.tensor_path:
+                pred = self._relocalizer.predict_tensor(staged)
+            else:
+                pred = self._relocalizer.predict(staged)
+            position = np.asarray(pred.position, dtype=np.float64).reshape(3)
+            q_wxyz = np.asarray(pred.quaternion_wxyz, dtype=np.float64).reshape(4)
+            if not (np.all(np.isfinite(position)) and np.all(np.isfinite(q_wxyz))
+                    and abs(np.linalg.norm(q_wxyz) - 1.0) < 1e-3):
+                raise NonFiniteOutputError(f'model output is not finite / not a unit quaternion: '
+                                           f'{position.tolist()} {q_wxyz.tolist()}')
+        except NonFiniteOutputError as exc:
+            self._reject('non_finite_output', str(exc), pending)
+            return
+        except InvalidFrameError as exc:  # e.g. outside a .pt2 model's size range
+            self._reject('invalid_frame', str(exc), pending)
+            return
+        infer_ms = (time.perf_counter() - t0) * 1000.0
+        self._stats.processed(infer_ms, age, float(pred.raw_quat_norm))
+
+        frame_id = cfg['camera_frame'] or msg.header.frame_id or self._camera_frame_default
+        t_map_cam = geometry.pose_to_matrix(position, q_wxyz)
+        if cfg['continuous'] or not pending:
+            self._publish_pose(stamp, position, q_wxyz)
+            self._publish_tf(stamp, t_map_cam, frame_id)
+            self._last_output = slot.t_received
+        if pending:
+            self._serve_requests(pending, stamp, t_map_cam, frame_id, float(pred.raw_quat_norm))
+
+    def _reject(self, reason: str, message: str, pending: list[_Request]) -> None:
+        self._stats.reject(reason, message)
+        self._warn(reason, f'rejected frame ({reason}): {message}')
+        for r in pending:
+            r.last_error = f'{reason}: {message}'
+
+    def _warn(self, key: str, text: str) -> None:
+        """Log ``text`` at most once per ``log_throttle`` seconds per ``key``."""
+        now = time.monotonic()
+        last, suppressed = self._throttle.get(key, (-math.inf, 0))
+        if now - last >= self._cfg['log_throttle']:
+            extra = f' ({suppressed} similar suppressed)' if suppressed else ''
+            self._log.warning(text + extra)
+            self._throttle[key] = (now, 0)
+        else:
+            self._throttle[key] = (last, suppressed + 1)
+
+    # --- outputs --------------------------------------------------------------------------------
+    def _map_frame(self) -> str:
+        return self._cfg['map_frame'] or self._map_frame_default
+
+    def _covariance(self) -> list[float]:
+        ps, os_ = self._cfg['position_stddev'], self._cfg['orientation_stddev']
+        cov = np.zeros((6, 6))
+        cov[np.diag_indices(6)] = [ps * ps] * 3 + [os_ * os_] * 3
+        return cov.reshape(-1).tolist()
+
+    @staticmethod
+    def _fill_pose(pose, position, q_wxyz) -> None:
+        x, y, z = (float(v) for v in position)
+        qx, qy, qz, qw = (float(v) for v in geometry.wxyz_to_xyzw(q_wxyz))  # ROS order
+        pose.position.x, pose.position.y, pose.position.z = x, y, z
+        pose.orientation.x, pose.orientation.y = qx, qy
+        pose.orientation.z, pose.orientation.w = qz, qw
+
+    def _publish_pose(self, stamp: TimeMsg, position, q_wxyz) -> None:
+        map_frame = self._map_frame()
+        msg = PoseStamped()
+        msg.header.stamp = stamp
+        msg.header.frame_id = map_frame
+        self._fill_pose(msg.pose, position, q_wxyz)
+        cov = PoseWithCovarianceStamped()
+        cov.header = msg.header
+        cov.pose.pose = msg.pose
+        cov.pose.covariance = self._covariance()
+        self._pose_pub.publish(msg)
+        self._cov_pub.publish(cov)
+        self._stats.count('published')
+
+    def _publish_tf(self, stamp: TimeMsg, t_map_cam: np.ndarray, camera_frame: str) -> None:
+        if self._tf_mode == 'none':
+            return
+        if self._tf_mode == 'camera':
+            child = camera_frame + self._cfg['tf_child_suffix']
+            self._send_tf(stamp, self._map_frame(), child, t_map_cam)
+            return
+        # map_to_odom: T_map_odom = T_map_cam * T_odom_cam^-1 at the image stamp, future-dated.
+        t_odom_cam = self._lookup(self._cfg['odom_frame'], camera_frame, stamp)
+        if t_odom_cam is None:
+            return
+        t_map_odom = map_to_odom(t_map_cam, t_odom_cam)
+        future = Time.from_msg(stamp) + Duration(seconds=self._cfg['transform_tolerance'])
+        self._send_tf(future.to_msg(), self._map_frame(), self._cfg['odom_frame'], t_map_odom)
+
+    def _send_tf(self, stamp: TimeMsg, parent: str, child: str, mat: np.ndarray) -> None:
+        pos, q_wxyz = geometry.matrix_to_pose(mat)
+        tf = TransformStamped()
+        tf.header.stamp = stamp
+        tf.header.frame_id = parent
+        tf.child_frame_id = child
+        tf.transform.translation.x, tf.transform.translation.y = float(pos[0]), float(pos[1])
+        tf.transform.translation.z = float(pos[2])
+        qx, qy, qz, qw = (float(v) for v in geometry.wxyz_to_xyzw(q_wxyz))
+        r = tf.transform.rotation
+        r.x, r.y, r.z, r.w = qx, qy, qz, qw
+        self._tf_pub.publish(self._tf_msg_type(transforms=[tf]))
+
+    def _lookup(self, target: str, source: str, stamp: TimeMsg) -> np.ndarray | None:
+        """``T_target_source`` at ``stamp`` from tf2 (None, logged, when unavailable)."""
+        if self._tf_buffer is None:
+            return None
+        try:
+            tf = self._tf_buffer.lookup_transform(
+                target, source, Time.from_msg(stamp),
+                timeout=Duration(seconds=self._cfg['tf_timeout']))
+        except Exception as exc:  # tf2 LookupException / ExtrapolationException / ...
+            self._stats.count('tf_lookup_failed')
+            self._warn('tf_lookup', f'TF lookup {target} -> {source} failed: {exc}')
+            return None
+        t, r = tf.transform.translation, tf.transform.rotation
+        return xyzw_pose_to_matrix([t.x, t.y, t.z, r.x, r.y, r.z, r.w])
+
+    def _serve_requests(self, pending, stamp, t_map_cam, camera_frame, raw_norm) -> None:
+        cfg = self._cfg
+        t_cam_base = self._lookup(camera_frame, cfg['base_frame'], stamp)
+        source = 'tf'
+        if t_cam_base is not None:
+            t_map_base = geometry.compose(t_map_cam, t_cam_base)
+        else:
+            source = 'parameter camera_in_base'
+            t_map_base = base_in_map(t_map_cam, xyzw_pose_to_matrix(cfg['camera_in_base']))
+        base_pos, base_q = geometry.matrix_to_pose(t_map_base)
+        cam_pos, cam_q = geometry.matrix_to_pose(t_map_cam)
+        msg = PoseWithCovarianceStamped()
+        msg.header.stamp = stamp
+        msg.header.frame_id = self._map_frame()
+        self._fill_pose(msg.pose.pose, base_pos, base_q)
+        msg.pose.covariance = self._covariance()
+        self._init_pub.publish(msg)  # once per request batch: AMCL re-initialises on every msg
+        result = {
+            'frame_id': self._map_frame(),
+            'stamp': {'sec': int(stamp.sec), 'nanosec': int(stamp.nanosec)},
+            'camera_frame': camera_frame,
+            'camera': {'position': [float(v) for v in cam_pos],
+                       'orientation_xyzw': [float(v) for v in geometry.wxyz_to_xyzw(cam_q)]},
+            'base_frame': cfg['base_frame'],
+            'base': {'position': [float(v) for v in base_pos],
+                     'orientation_xyzw': [float(v) for v in geometry.wxyz_to_xyzw(base_q)]},
+            'extrinsic_source': source,
+            'raw_quat_norm': raw_norm,
+            'model_id': self._model_id,
+        }
+        with self._cond:
+            for r in pending:
+                if r in self._requests:
+                    self._requests.remove(r)
+                r.result = result
+                r.done.set()
+
+    # --- services -------------------------------------------------------------------------------
+    def _on_relocalize(self, request, response):
+        req = _Request(time.monotonic())
+        with self._cond:
+            self._requests.append(req)
+        timeout = self._cfg['relocalize_timeout']
+        if req.done.wait(timeout):
+            response.success = True
+            response.message = json.dumps(req.result)
+            self._log.info(f'relocalized: base in {req.result["frame_id"]} at '
+                           f'{np.round(req.result["base"]["position"], 3).tolist()}')
+            return response
+        with self._cond:
+            if req in self._requests:
+                self._requests.remove(req)
+        response.success = False
+        why = f'; last frame rejected: {req.last_error}' if req.last_error else ''
+        response.message = (f'no valid frame on {self._input_topic} within {timeout:.2f} s '
+                            f'(relocalize_timeout){why}')
+        return response
+
+    def _on_enable(self, request, response):
+        result = self.set_parameters([Parameter('continuous', Parameter.Type.BOOL,
+                                                bool(request.data))])[0]
+        response.success = bool(result.successful)
+        response.message = (f'continuous output {"enabled" if request.data else "disabled"}'
+                            if result.successful else result.reason)
+        return response
+
+    # --- diagnostics ----------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        snap = self._stats.snapshot(self._cfg['continuous'], self._input_topic)
+        status = DiagnosticStatus()
+        status.level = bytes([snap['level']])
+        status.name = f'{self.get_fully_qualified_name()}: relocalization'
+        status.message = snap['message']
+        status.hardware_id = self._model_id
+        values = dict(snap['values'])
+        values['model_id'] = self._model_id
+        values['device'] = str(self._device)
+        values['tf_mode'] = self._tf_mode
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [status]
+        self._diag_pub.publish(arr)
+
+    def destroy_node(self) -> None:
+        """Stop the worker, then destroy the node."""
+        cond = getattr(self, '_cond', None)  # absent when __init__ failed (context clean-up)
+        if cond is not None:
+            with cond:
+                self._running = False
+                cond.notify_all()
+            self._worker.join(timeout=2.0)
+        super().destroy_node()
+
+
+def _spin(executor, stop: threading.Event) -> None:
+    try:
+        executor.spin()
+    except ExternalShutdownException:
+        pass
+    finally:
+        stop.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry: run the node until SIGINT/SIGTERM; exit 1 on start-up errors."""
+    args = sys.argv if argv is None else argv
+    # Own signal handling: rclpy's handler chains into Python's, so a KeyboardInterrupt could
+    # land anywhere in the clean-up (seen as exit status -2 under load). Until the node is up,
+    # Ctrl-C interrupts loading as usual.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = RelocalizerNode()
+    except PoseNetError as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {exc}')
+        rclpy.try_shutdown()
+        return 1
+    except KeyboardInterrupt:
+        rclpy.try_shutdown()
+        return 130
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    spinner = threading.Thread(target=_spin, args=(executor, stop), name='executor', daemon=True)
+    spinner.start()
+    while not stop.wait(0.25):  # the main thread stays free to run the signal handlers
+        pass
+    node.get_logger().info('shutting down')
+    executor.shutdown(timeout_sec=2.0)
+    spinner.join(timeout=2.0)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""launch/relocalize.launch.py: checked statically everywhere, run for real where launch_ros is."""
+
+import ast
+import importlib.util
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from posenet_ros.node import params as P
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH_FILE = ROOT / 'launch' / 'relocalize.launch.py'
+REQUIRED_ARGS = ('model', 'image_topic', 'image_transport', 'params_file', 'namespace',
+                 'use_sim_time', 'device', 'log_level')
+
+
+def _launch_module():
+    spec = importlib.util.spec_from_file_location('relocalize_launch', LAUNCH_FILE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # no launch import at module level: works without launch_ros
+    return mod
+
+
+def _node_module_constant(name):
+    tree = ast.parse((ROOT / 'posenet_ros' / 'node' / 'relocalize_node.py').read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], 'id', None) == name:
+            return ast.literal_eval(node.value)
+    raise AssertionError(f'{name} not found')
+
+
+def test_arguments_are_described_and_map_to_real_parameters():
+    mod = _launch_module()
+    names = [a[0] for a in mod.ARGUMENTS]
+    assert len(names) == len(set(names))
+    for required in REQUIRED_ARGS:
+        assert required in names, required
+    config = yaml.safe_load((ROOT / mod.PARAMS_FILE).read_text())['/**']['ros__parameters']
+    for name, default, description, param in mod.ARGUMENTS:
+        assert len(description) > 10, name
+        if param is None:
+            continue
+        assert param == 'use_sim_time' or param in P.SPECS, param
+        assert param == 'use_sim_time' or param in config, param
+        # '' keeps the params file's value; a non-empty default would silently override it.
+        assert default == '', name
+    docs = (ROOT / 'docs' / 'node.md').read_text()
+    for name in names:
+        assert f'| `{name}` |' in docs, f'launch argument {name} is not documented'
+
+
+def test_executable_node_name_and_files_exist():
+    mod = _launch_module()
+    assert mod.NODE_NAME == _node_module_constant('NODE_NAME') == 'posenet_relocalizer'
+    setup_text = (ROOT / 'setup.py').read_text()
+    assert f"'{mod.EXECUTABLE} = posenet_ros.node.relocalize_node:main'" in setup_text
+    assert (ROOT / mod.PARAMS_FILE).is_file()
+    root = ET.parse(ROOT / mod.SHM_PROFILE).getroot()
+    ns = {'d': 'http://www.eprosima.com'}
+    descs = root.findall('.//d:transport_descriptor', ns)
+    types = {d.findtext('d:type', namespaces=ns): d for d in descs}
+    assert set(types) == {'SHM', 'UDPv4'}
+    assert types['SHM'].findtext('d:segment_size', namespaces=ns) == str(16 * 1024 * 1024)
+    assert root.findtext('.//d:useBuiltinTransports', namespaces=ns) == 'false'
+
+
+def test_params_and_profile_are_installed_by_setup_py():
+    code = (
+        'import setuptools, json\n'
+        'captured = {}\n'
+        'setuptools.setup = lambda **kw: captured.update(kw)\n'
+        "exec(open('setup.py').read())\n"
+        "print(json.dumps(captured['data_files']))\n"
+    )
+    import json
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    data = dict((dest, files) for dest, files in json.loads(out.stdout))
+    mod = _launch_module()
+    assert str(Path('launch') / LAUNCH_FILE.name) in data['share/posenet_ros/launch']
+    for rel in (mod.PARAMS_FILE, mod.SHM_PROFILE):
+        assert rel in data['share/posenet_ros/config'], rel
+
+
+def test_pip_command_in_docs_uses_the_same_params_file():
+    docs = (ROOT / 'docs' / 'node.md').read_text()
+    mod = _launch_module()
+    assert f'relocalize_node --ros-args --params-file {mod.PARAMS_FILE}' in docs
+    assert f'python -m posenet_ros.node.relocalize_node --ros-args --params-file ' \
+           f'{mod.PARAMS_FILE}' in docs
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_launch_for_real(tmp_path):
+    pytest.importorskip('launch_ros', reason='launch_ros is not installed (pip environment)')
+    pytest.importorskip('launch')
+    from helpers_model import make_tiny_export
+    model = make_tiny_export(tmp_path)
+    env = dict(os.environ, ROS_LOG_DIR=str(tmp_path))
+    proc = subprocess.Popen(['ros2', 'launch', str(LAUNCH_FILE), f'model:={model}',
+                             'device:=cpu', 'namespace:=launch_test'],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = ''
+        for line in proc.stdout:
+            out += line
+            if 'ready: model' in line:
+                break
+        assert 'ready: model' in out, out
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -1,0 +1,122 @@
+"""The node's parameter table vs config/relocalize.yaml and docs/node.md; validation rules."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from posenet_ros import geometry
+from posenet_ros.node import params as P
+from posenet_ros.node.diagnostics import OK, WARN, NodeStats
+from posenet_ros.node.frames import base_in_map, map_to_odom, xyzw_pose_to_matrix
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _yaml_params():
+    doc = yaml.safe_load((ROOT / 'config' / 'relocalize.yaml').read_text())
+    assert list(doc) == ['/**']
+    return doc['/**']['ros__parameters']
+
+
+def test_config_yaml_lists_every_parameter_with_its_default():
+    values = _yaml_params()
+    assert set(values) == set(P.SPECS)
+    for name, spec in P.SPECS.items():
+        value = values[name]
+        assert type(value) is type(spec.default), (name, value)  # 0.0 vs 0 matters to rclpy
+        assert value == spec.default, name
+        assert P.validate(name, value) is None or name == 'model_path'
+
+
+def test_docs_table_every_parameter_topic_service():
+    text = (ROOT / 'docs' / 'node.md').read_text()
+    table = text.split('## Parameters', 1)[1].split('\n## ', 1)[0]
+    for name, spec in P.SPECS.items():
+        row = next((ln for ln in table.splitlines() if ln.startswith(f'| `{name}`')), None)
+        assert row is not None, f'docs/node.md has no table row for {name}'
+        assert ('yes' in row.split('|')[4]) == spec.read_only, name
+    for item in ('~/pose', '~/pose_with_covariance', '/tf', '/diagnostics', '/initialpose',
+                 '~/relocalize', '~/enable', '--params-file config/relocalize.yaml'):
+        assert item in text, item
+
+
+@pytest.mark.parametrize('name, value, match', [
+    ('image_transport', 'theora', 'one of'),
+    ('tf_mode', 'base', 'one of'),
+    ('max_image_age', -1.0, '>='),
+    ('max_rate', float('nan'), 'finite'),
+    ('position_stddev', 0.0, '>='),
+    ('warmup_iterations', 1.5, 'must be a int'),
+    ('continuous', 1, 'must be a bool'),
+    ('device', 'tpu', 'device must be'),
+    ('camera_in_base', [0.0, 0.0, 0.0, 0.0, 0.0, 0.0], '7 finite'),
+    ('camera_in_base', [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0], 'unit'),
+    ('map_frame', '/map', 'must not start'),
+    ('base_frame', '', 'must not be empty'),
+    ('image_topic', ' ', 'must not be empty'),
+    ('no_such_param', 1, 'unknown'),
+])
+def test_validate_refuses_with_reason(name, value, match):
+    reason = P.validate(name, value)
+    assert reason is not None and match in reason, reason
+
+
+@pytest.mark.parametrize('name, value', [
+    ('device', 'cuda:1'), ('device', 'cpu'), ('max_rate', 5), ('tf_mode', 'map_to_odom'),
+    ('camera_in_base', [0.1, 0, 0.2, 0.5, -0.5, 0.5, -0.5]), ('map_frame', 'world'),
+])
+def test_validate_accepts(name, value):
+    assert P.validate(name, value) is None
+
+
+def test_descriptors_carry_ranges_and_read_only():
+    pytest.importorskip('rcl_interfaces')
+    d = P.descriptor(P.SPECS['max_image_age'])
+    assert d.floating_point_range[0].from_value == 0.0 and not d.read_only
+    d = P.descriptor(P.SPECS['model_path'])
+    assert d.read_only and 'exported' in d.description
+    d = P.descriptor(P.SPECS['warmup_iterations'])
+    assert d.integer_range[0].to_value == 100
+    assert 'camera' in P.descriptor(P.SPECS['tf_mode']).additional_constraints
+
+
+def test_transform_helpers():
+    # A camera 1 m ahead of the base, looking forward (optical z = base x).
+    t_base_cam = xyzw_pose_to_matrix([1.0, 0, 0, -0.5, 0.5, -0.5, 0.5])
+    assert np.allclose(t_base_cam[:3, 2], [1, 0, 0])  # optical z along base x
+    t_map_cam = geometry.pose_to_matrix([3.0, 2.0, 0.0], geometry.matrix_to_quat(
+        t_base_cam[:3, :3]))
+    t_map_base = base_in_map(t_map_cam, t_base_cam)
+    assert np.allclose(t_map_base[:3, 3], [2.0, 2.0, 0.0])
+    assert np.allclose(t_map_base[:3, :3], np.eye(3))
+    # map_to_odom: odom drifted by +0.5 m in x relative to map.
+    t_map_odom_true = geometry.pose_to_matrix([-0.5, 0, 0], [1, 0, 0, 0])
+    t_odom_cam = geometry.compose(geometry.invert(t_map_odom_true), t_map_cam)
+    assert np.allclose(map_to_odom(t_map_cam, t_odom_cam), t_map_odom_true)
+
+
+def test_stats_snapshot_rates_and_levels():
+    now = [0.0]
+    stats = NodeStats(clock=lambda: now[0])
+    for i in range(10):
+        stats.count('received')
+        stats.processed(5.0 + i, 0.01, 1.02)
+        stats.count('published')
+    stats.count('dropped', 2)
+    now[0] = 2.0
+    snap = stats.snapshot(True, '/cam')
+    v = snap['values']
+    assert snap['level'] == OK, snap
+    assert math.isclose(float(v['input_rate_hz']), 5.0)
+    assert float(v['inference_ms_p50']) == pytest.approx(9.5)
+    assert v['frames_dropped'] == '2' and v['raw_quat_norm'] == '1.0200'
+    stats.reject('conversion', 'bad step')
+    now[0] = 3.0
+    snap = stats.snapshot(True, '/cam')
+    assert snap['level'] == WARN and 'rejected' in snap['message']
+    assert 'no images on /cam' in snap['message']
+    assert snap['values']['rejected_conversion'] == '1'
+    assert 'bad step' in snap['values']['last_error']
