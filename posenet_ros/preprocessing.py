@@ -69,7 +69,11 @@ def _shorter_side(h: int, w: int) -> int:
 
 
 def _resize_float(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize float ``(B, C, H, W)`` so its shorter side is ``size`` (bilinear, antialiased)."""
+    """Resize ``(B, C, H, W)`` so its shorter side is ``size`` (bilinear, antialiased).
+
+    Works on float tensors everywhere and on uint8 tensors on the CPU (torch's uint8 antialiased
+    kernel is ~6x faster than float for a 640x480 frame and rounds to the same uint8 values).
+    """
     h = x.shape[-2]
     w = x.shape[-1]
     short = _shorter_side(h, w)
@@ -98,8 +102,15 @@ class Preprocess(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """Preprocess a batch of frames; see the class docstring."""
-        x = frames.permute(0, 3, 1, 2).to(torch.float32)
-        x = _resize_float(x, self.resize)
+        x = frames.permute(0, 3, 1, 2)
+        if x.is_cuda:
+            # CUDA has no uint8 antialiased kernel: resize in float on the GPU.
+            x = _resize_float(x.to(torch.float32), self.resize)
+        else:
+            # CPU: resize in uint8 (~1.5 ms instead of ~9 ms for 640x480), then convert. The
+            # result equals the float path rounded to uint8 (max 1 grey level apart), i.e. the
+            # same values the trainer's uint8 cache holds.
+            x = _resize_float(x, self.resize).to(torch.float32)
         top = (x.shape[-2] - self.crop) // 2
         left = (x.shape[-1] - self.crop) // 2
         # Centre crop by index_select, not slicing/narrow: a view makes torch.export specialise
@@ -128,8 +139,12 @@ def resize_shorter_side_uint8(frames: torch.Tensor, size: int) -> torch.Tensor:
     batch = frames.unsqueeze(0) if single else frames
     if batch.shape[1] == 0 or batch.shape[2] == 0:
         raise InvalidFrameError(f'frames have zero size {tuple(frames.shape)}')
-    x = _resize_float(batch.permute(0, 3, 1, 2).to(torch.float32), int(size))
-    out = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    x = batch.permute(0, 3, 1, 2)
+    if x.is_cuda:
+        x = _resize_float(x.to(torch.float32), int(size)).round_().clamp_(0, 255).to(torch.uint8)
+    else:
+        x = _resize_float(x, int(size))  # uint8 kernel, same path as Preprocess on the CPU
+    out = x.permute(0, 2, 3, 1).contiguous()
     return out[0] if single else out
 
 

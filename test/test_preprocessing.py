@@ -39,12 +39,18 @@ def _preprocess(img: np.ndarray, resize=256, crop=224) -> np.ndarray:
 
 
 def test_matches_torchvision_v2_resize_centercrop_normalize(photo):
-    # torchvision on the float image: same filter (bilinear + antialias), same crop offsets here
-    # (300x256 -> 224: offsets 38 and 16 are exact, no half-pixel rounding question).
-    x = torch.from_numpy(photo).permute(2, 0, 1).float() / 255.0
+    # torchvision on the uint8 image: same filter (bilinear + antialias, uint8 kernel on the CPU
+    # like ours), same crop offsets here (300x256 -> 224: offsets 38 and 16 are exact).
+    x = torch.from_numpy(photo).permute(2, 0, 1)
     ref = T.Compose([T.Resize(256, antialias=True), T.CenterCrop(224),
+                     T.ToDtype(torch.float32, scale=True),
                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(x).numpy()
     np.testing.assert_allclose(_preprocess(photo), ref, atol=1e-4)
+    # The float pipeline (what CUDA runs) differs only by uint8 rounding: <= 1 grey level.
+    ref_float = T.Compose([T.Resize(256, antialias=True), T.CenterCrop(224),
+                           T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(x.float() / 255.0).numpy()
+    one_level = 1.0 / 255.0 / min(IMAGENET_STD)
+    assert np.abs(_preprocess(photo) - ref_float).max() <= one_level + 1e-5
 
 
 def test_close_to_opencv_inter_area(photo):
@@ -66,8 +72,9 @@ def test_landscape_upscale_and_resized_size():
     img = random_frames((30, 50, 3), seed=1)  # shorter side 30 -> upscaled to 64
     assert resized_size(30, 50, 64) == (64, 106)  # floor(64 * 50 / 30) like torchvision
     out = Preprocess(64, 60)(torch.from_numpy(img)[None])
-    x = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
+    x = torch.from_numpy(img).permute(2, 0, 1)  # uint8, as the CPU path resizes
     ref = T.Compose([T.Resize(64, antialias=True), T.CenterCrop(60),
+                     T.ToDtype(torch.float32, scale=True),
                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(x)
     torch.testing.assert_close(out[0], ref, atol=1e-4, rtol=0)
 
