@@ -19,6 +19,7 @@ COMMANDS = {
     'evaluate': ('posenet_ros.evaluate', 'evaluate an exported model on a dataset or a bag'),
     'replay': ('posenet_ros.node.replay', 'publish a bag onto live ROS topics'),
     'predict': ('posenet_ros.relocalizer', 'predict the pose of image files with an export'),
+    'demo': ('posenet_ros.demo', 'run the whole pipeline on the synthetic scene'),
     'study': ('posenet_ros.studies', "run one of the paper's experiments (robustness, ...)"),
     'label': ('posenet_ros.sfm.label', 'label images/video/bag frames with structure from motion'),
     'import-sfm': ('posenet_ros.sfm.importers', 'turn a COLMAP/NVM reconstruction into a dataset'),

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""``make bench``: the whole benchmark suite, one table, one JSON file.
+
+Runs, each in its own process (so its peak memory is measured alone):
+
+1. inference latency per backbone, eager vs TorchScript vs ``.pt2``, batch 1, p50/p95
+   (``scripts/bench_inference.py``);
+2. end-to-end node latency and sustained rate at 30 Hz 640x480 against the naive node measured in
+   the same run (``scripts/bench_node_latency.py``);
+3. training throughput with and without the decoded-image cache (``scripts/bench_training.py``)
+   on a small synthetic dataset rendered here.
+
+Each script reports medians/percentiles over its repeated runs. The machine and versions are
+recorded with the numbers. No number is asserted: this machine is noisy, compare ratios measured
+in the same run.
+
+    python scripts/bench.py [--quick] [--out bench_results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine_info() -> dict:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                cpu = line.split(':', 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {'cpu': cpu, 'cores': os.cpu_count(), 'python': platform.python_version(),
+            'torch': torch.__version__, 'cuda': torch.cuda.is_available(),
+            'platform': platform.platform(), 'date': time.strftime('%Y-%m-%d %H:%M:%S')}
+
+
+def run(name: str, cmd: list[str], log: Path) -> dict:
+    """Run ``cmd`` (output teed to ``log``); return wall time and the child's peak RSS."""
+    print(f'\n### {name}: {" ".join(cmd)}', flush=True)
+    t0 = time.perf_counter()
+    with open(log, 'w') as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            f.write(line)
+        _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f'{name} failed with exit code {code}; see {log}')
+    return {'wall_s': round(time.perf_counter() - t0, 1),
+            'peak_rss_mb': round(usage.ru_maxrss / 1024.0, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--out', type=Path, default=ROOT / 'bench_results')
+    ap.add_argument('--quick', action='store_true', help='fewer runs and backbones')
+    ap.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
+    args = ap.parse_args(argv)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    threads = ['--threads', str(args.threads)] if args.threads else []
+    report = {'machine': machine_info()}
+    procs = {}
+
+    backbones = ('mobilenet_v3_small,efficientnet_lite0' if args.quick else
+                 'googlenet,resnet18,resnet34,mobilenet_v3_large,mobilenet_v3_small,'
+                 'efficientnet_b0,efficientnet_lite0')
+    procs['inference'] = run('inference', [
+        py, 'scripts/bench_inference.py', '--backbones', backbones,
+        '--runs', '15' if args.quick else '50', '--warmup', '5', '--out',
+        str(out / 'inference.json'), *threads], out / 'inference.log')
+
+    procs['node'] = run('node latency', [
+        py, 'scripts/bench_node_latency.py', '--backbone', 'mobilenet_v3_small',
+        '--width', '640', '--height', '480', '--rate', '30',
+        '--duration', '8' if args.quick else '20', '--json', str(out / 'node.json'),
+        *threads], out / 'node.log')
+
+    data = out / 'synth'
+    if not (data / 'dataset' / 'poses.csv').is_file():
+        subprocess.run([py, '-m', 'posenet_ros.cli', 'synth', '--out', str(data), '--n-train',
+                        '96', '--n-test', '8'], cwd=ROOT, check=True)
+    procs['training'] = run('training throughput', [
+        py, 'scripts/bench_training.py', '--dataset', str(data / 'dataset'),
+        '--steps', '2' if args.quick else '4', '--out', str(out / 'training.json'),
+        '--cache-dir', str(out / 'cache'), *threads], out / 'training.log')
+
+    for key, fname in (('inference', 'inference.json'), ('node', 'node.json'),
+                       ('training', 'training.json')):
+        report[key] = json.loads((out / fname).read_text())
+        report[key]['process'] = procs[key]
+    (out / 'bench.json').write_text(json.dumps(report, indent=1))
+    print('\n' + format_table(report))
+    print(f'\nwrote {out / "bench.json"}')
+    return 0
+
+
+def format_table(report: dict) -> str:
+    """One table of the headline numbers."""
+    m = report['machine']
+    lines = [f'posenet_ros benchmark - {m["cpu"]}, {m["cores"]} cores, torch {m["torch"]}, '
+             f'cuda={m["cuda"]}, {m["date"]}', '',
+             '| what | value |', '| --- | --- |']
+    inf = report['inference']
+    for row in inf['results']:
+        cells = []
+        for v in ('eager', 'torchscript', 'pt2'):
+            if v in row:
+                cells.append(f'{v} {row[v]["median_ms"]:.1f}/{row[v]["p95_ms"]:.1f}')
+        lines.append(f'| inference {row["backbone"]} {inf["info"]["size"]}px, p50/p95 ms | '
+                     f'{", ".join(cells)} |')
+    node = report['node']
+    for name in ('node', 'naive'):
+        r = node.get(name, {})
+        if 'p50_ms' in r:
+            lines.append(f'| {name} node 640x480@30Hz: p50/p99 ms, answered, lag slope | '
+                         f'{r["p50_ms"]}/{r["p99_ms"]}, {r["answered_fraction"]:.0%}, '
+                         f'{r["lag_slope_ms_per_s"]} ms/s |')
+    if 'ratio_p50' in node:
+        lines.append(f'| naive / node latency (same run) | p50 x{node["ratio_p50"]}, '
+                     f'p99 x{node["ratio_p99"]} |')
+    if 'model_only' in node:
+        lines.append(f'| model alone (same frames) p50/p99 ms | {node["model_only"]["p50_ms"]}/'
+                     f'{node["model_only"]["p99_ms"]} |')
+    tr = report['training']
+    t, d = tr['train_images_per_s'], tr['data_images_per_s']
+    lines.append(f'| training img/s (cache / decode) | {t["cache"]} / {t["decode"]} '
+                 f'(x{t["ratio"]}) |')
+    lines.append(f'| data loading img/s (cache / decode) | {d["cache"]} / {d["decode"]} '
+                 f'(x{d["ratio"]}) |')
+    for key in ('inference', 'node', 'training'):
+        p = report[key]['process']
+        lines.append(f'| peak RSS of the {key} process | {p["peak_rss_mb"]} MB '
+                     f'({p["wall_s"]} s) |')
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
