@@ -43,7 +43,7 @@ if ! "$VENV/bin/python" -c 'import tf2_msgs.msg' 2>/dev/null \
   SITE_INC="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
   NP_INC="$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')"
   # The wheels' exported CMake files point at the wheel factory's Python: rewrite to this venv.
-  grep -rl '/opt/python/cp311-cp311' "$VENV/share" --include='*.cmake' 2>/dev/null \
+  { grep -rl '/opt/python/cp311-cp311' "$VENV/share" --include='*.cmake' 2>/dev/null || true; } \
     | while read -r f; do
         sed -i -e "s#/opt/python/cp311-cp311/include/python3.11#$SITE_INC#g" \
                -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$NP_INC#g" \
