@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export ROS_LOG_DIR ?= $(CURDIR)/.ros_log
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 
-.PHONY: setup test lint clean
+.PHONY: setup test lint demo bench clean
 
 setup:
 	@scripts/setup_env.sh
@@ -15,6 +15,12 @@ lint: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) -m posenet_ros.cli demo
+
+bench: setup
+	$(PY) scripts/bench.py
 
 clean:
 	rm -rf build install log .ros_log .pytest_cache

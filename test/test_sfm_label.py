@@ -136,3 +136,46 @@ def test_video_frames_are_subsampled_by_time_and_motion(tmp_path):
     kept = [int(n[6:12]) for n in by_motion.names]
     assert not {4, 5, 6} & set(kept)  # no new view while standing still
     assert 0 in kept and len(kept) >= 6
+
+
+def test_model_trained_on_sfm_labels_relocalizes_in_true_metric_frame(scene_bag, labelled,
+                                                                      tmp_path):
+    """Train on the SfM labels only; judge the export on held-out frames against the TRUE poses.
+
+    The held-out frames are the label command's test split (every 5th registered frame); their
+    ground truth comes from the renderer, never from SfM, so a model that learned the SfM frame
+    instead of the metric map frame fails here.
+    """
+    from posenet_ros.baselines import mean_pose
+    from posenet_ros.config import load_config
+    from posenet_ros.datasets import load_image
+    from posenet_ros.metrics import frame_errors
+    from posenet_ros.relocalizer import Relocalizer
+    from posenet_ros.train import train
+
+    _, truth, _ = scene_bag
+    cfg = load_config(None, dict(
+        dataset=str(labelled), backbone='efficientnet_lite0', pretrained='imagenet', resize=64,
+        crop=56, loss='beta', beta=4.0, dropout=0.0, lr=1e-3, warmup_epochs=1, epochs=14,
+        batch_size=8, num_threads=1, progress=False, run_dir=str(tmp_path / 'run'),
+        export_dir=str(tmp_path / 'models'), name='sfm', export_pt2=False))
+    result = train(cfg)
+    train_s, test_s = read_manifest(labelled, 'train'), read_manifest(labelled, 'test')
+    assert len(test_s) >= 5
+    true_p = np.stack([truth[s.name][0] for s in test_s])
+    true_q = np.stack([truth[s.name][1] for s in test_s])
+    mp, mq = mean_pose(np.stack([s.position for s in train_s]),
+                       np.stack([s.quaternion for s in train_s]))
+    base_t, base_r = frame_errors(np.tile(mp, (len(test_s), 1)), np.tile(mq, (len(test_s), 1)),
+                                  true_p, true_q)
+    preds = Relocalizer(result.export_ts).predict_batch(
+        np.stack([load_image(s) for s in test_s]))
+    t_err, r_err = frame_errors(np.stack([p.position for p in preds]),
+                                np.stack([p.quaternion_wxyz for p in preds]), true_p, true_q)
+    print(f'trained on SfM labels: median {np.median(t_err):.2f} m / {np.median(r_err):.1f} deg '
+          f'against the true poses; mean pose {np.median(base_t):.2f} m / '
+          f'{np.median(base_r):.1f} deg')
+    # Positions are what proves the metric map frame (SfM units or an unaligned frame would be
+    # off by metres). Orientation is printed, not asserted: with ~30 training frames and a
+    # 56 px input this tiny run does not beat the mean orientation (~17 deg over this short arc).
+    assert np.median(t_err) < 0.6 * np.median(base_t)
