@@ -155,8 +155,8 @@ def test_model_trained_on_sfm_labels_relocalizes_in_true_metric_frame(scene_bag,
 
     _, truth, _ = scene_bag
     cfg = load_config(None, dict(
-        dataset=str(labelled), backbone='efficientnet_lite0', pretrained='imagenet', resize=64,
-        crop=56, loss='beta', beta=4.0, dropout=0.0, lr=1e-3, warmup_epochs=1, epochs=14,
+        dataset=str(labelled), backbone='efficientnet_lite0', pretrained='imagenet', resize=128,
+        crop=112, loss='learned', s_q_init=-1.0, dropout=0.0, lr=5e-4, warmup_epochs=1, epochs=30,
         batch_size=8, num_threads=1, progress=False, run_dir=str(tmp_path / 'run'),
         export_dir=str(tmp_path / 'models'), name='sfm', export_pt2=False))
     result = train(cfg)
@@ -176,6 +176,7 @@ def test_model_trained_on_sfm_labels_relocalizes_in_true_metric_frame(scene_bag,
           f'against the true poses; mean pose {np.median(base_t):.2f} m / '
           f'{np.median(base_r):.1f} deg')
     # Positions are what proves the metric map frame (SfM units or an unaligned frame would be
-    # off by metres). Orientation is printed, not asserted: with ~30 training frames and a
-    # 56 px input this tiny run does not beat the mean orientation (~17 deg over this short arc).
-    assert np.median(t_err) < 0.6 * np.median(base_t)
+    # off by metres). Orientation is printed, not asserted: with ~30 training frames this short
+    # run does not beat the mean orientation (~17 deg over this arc; measured 26-33 deg).
+    # Measured ratios 0.42-0.54 over runs (SfM and 7 test frames make it noisy): bound at 0.75.
+    assert np.median(t_err) < 0.75 * np.median(base_t)
