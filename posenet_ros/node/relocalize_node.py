@@ -572,6 +572,10 @@ def _spin(executor, stop: threading.Event) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: run the node until SIGINT/SIGTERM; exit 1 on start-up errors."""
     args = sys.argv if argv is None else argv
+    # The worker thread hands frames over from the executor threads: with CPython's default 5 ms
+    # GIL switch interval a woken worker can wait that long for the interpreter. 0.5 ms keeps
+    # the hand-over off the latency path (torch releases the GIL while it computes).
+    sys.setswitchinterval(0.0005)
     # Own signal handling: rclpy's handler chains into Python's, so a KeyboardInterrupt could
     # land anywhere in the clean-up (seen as exit status -2 under load). Until the node is up,
     # Ctrl-C interrupts loading as usual.
