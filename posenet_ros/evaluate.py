@@ -531,7 +531,7 @@ def _setup_model(model, device, baselines, dataset, split, train_dataset, nn_fea
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always')
-            loaded = reloc.model if Path(model).suffix.lower() == '.ts' else None
+            loaded = reloc.loaded_module if Path(model).suffix.lower() == '.ts' else None
             extractor = feature_extractor(model, meta, nn_features, str(reloc.device),
                                           module=loaded)
         notes += [str(c.message) for c in caught if 'nearest-neighbour' in str(c.message)]

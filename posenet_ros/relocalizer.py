@@ -133,9 +133,12 @@ class Relocalizer:
         self.model_id: str = str(self.metadata['model_id'])
         self.backbone: str = str(self.metadata['backbone'])
         self.format = self.path.suffix.lower().lstrip('.')
+        # The module as loaded, with its submodules (the evaluation's feature extractor reads
+        # them); ``model`` is what inference runs.
+        self.loaded_module = self.model
         if self.format == 'ts':
-            # Inference only: freezing inlines weights and attributes (~10 % faster per frame on
-            # the CPU, bit-identical outputs). Other users of load_file keep the submodules.
+            # Inference only: freezing inlines weights and submodules (~10 % faster per frame on
+            # the CPU, bit-identical outputs).
             self.model = torch.jit.freeze(self.model)
         resize = int(self.metadata['input']['resize'])
         h, w = warmup_size or (resize, (resize * 4) // 3)
