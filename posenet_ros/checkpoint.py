@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from posenet_ros.atomic import atomic_path
 from posenet_ros.errors import CheckpointError
 
 __all__ = ['CHECKPOINT_VERSION', 'save_checkpoint', 'load_checkpoint', 'check_resumable']
@@ -48,21 +49,11 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {'checkpoint_version': CHECKPOINT_VERSION, **state}
-    # Unique per process: concurrent writers (several nodes on a shared disk) never share a tmp.
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # any failure (incl. KeyboardInterrupt) leaves the old checkpoint; remove the partial one
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
+    # Any failure (incl. KeyboardInterrupt) leaves the old checkpoint; the partial one is removed.
+    with atomic_path(path, keep_suffix=False) as tmp, open(tmp, 'wb') as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
     _fsync_dir(path.parent)
     return path
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from posenet_ros.atomic import atomic_path
 from posenet_ros.errors import (
     ConfigError,
     CorruptModelError,
@@ -157,14 +158,8 @@ def build_metadata(*, backbone: str, resize: int, crop: int, mean: Sequence[floa
 
 
 def _atomic_write(path: Path, write) -> None:
-    # keep the suffix: torch.export.save warns about archive names not ending in .pt2
-    tmp = path.with_name(f'.{path.stem}.tmp{os.getpid()}{path.suffix}')
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def export_model(net: nn.Module, *, out_dir: str | os.PathLike, name: str, resize: int,

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from posenet_ros.atomic import atomic_path
 from posenet_ros.datasets.types import PoseSample, load_image
 from posenet_ros.errors import DatasetError
 from posenet_ros.preprocessing import resize_shorter_side_uint8, resized_size
@@ -172,11 +173,10 @@ def build_image_cache(samples: Sequence[PoseSample], resize: int, cache_dir: str
             return cached
     cache_dir.mkdir(parents=True, exist_ok=True)
     h, w = common_size(samples, resize)
-    tmp = path.with_name(f'.{path.stem}.tmp{os.getpid()}.npy')
     workers = workers or min(8, os.cpu_count() or 1)
     from tqdm import tqdm
 
-    try:
+    with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8,
                                         shape=(len(samples), h, w, 3))
         with ThreadPoolExecutor(max_workers=workers) as pool, \
@@ -191,13 +191,6 @@ def build_image_cache(samples: Sequence[PoseSample], resize: int, cache_dir: str
                 bar.update(len(part))
         out.flush()
         del out
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
     info = {'images': len(samples), 'resize': resize, 'size': [h, w], 'key': key,
             'first': samples[0].name, 'last': samples[-1].name}
     try:

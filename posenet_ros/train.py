@@ -50,6 +50,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from posenet_ros.atomic import atomic_path
 from posenet_ros.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from posenet_ros.config import (
     HELP,
@@ -342,14 +343,13 @@ def _metric_of(best_metric: str, med_t: float, med_r: float) -> float:
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    with open(tmp, 'w', newline='', encoding='utf-8') as fh:
+    with atomic_path(path, keep_suffix=False) as tmp, \
+            open(tmp, 'w', newline='', encoding='utf-8') as fh:
         writer = csv.DictWriter(fh, fieldnames=METRICS_COLUMNS, extrasaction='ignore')
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ('' if row.get(k) is None else row.get(k))
                              for k in METRICS_COLUMNS})
-    os.replace(tmp, path)
 
 
 def _load_split(cfg: TrainConfig, split: str, role: str):
