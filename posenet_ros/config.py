@@ -48,6 +48,9 @@ HELP = {
                 'efficientnet_b0',
     'pretrained': "trunk initialisation: 'imagenet' (offline weights), a weights file, or null",
     'dropout': 'dropout of the pose head, in [0, 1)',
+    'freeze_bn': 'keep BatchNorm layers in inference mode while training (running statistics '
+                 'of the pretrained trunk, affine parameters still learned); for small batches '
+                 'of similar frames, e.g. a few dozen SfM-labelled frames',
     'resize': 'shorter image side after resizing (px)',
     'crop': 'square crop fed to the network (px): random when training, centred otherwise',
     'loss': "'learned' (Kendall & Cipolla 2017 s_x/s_q weighting) or 'beta' (PoseNet 2015)",
@@ -108,6 +111,7 @@ class TrainConfig:
     backbone: str = 'efficientnet_lite0'
     pretrained: str | None = 'imagenet'
     dropout: float = 0.5
+    freeze_bn: bool = False
     resize: int = 256
     crop: int = 224
     # loss and labels
@@ -199,6 +203,9 @@ class TrainConfig:
                 bad(key, 'must be in [0, 1]')
         if not 0.0 < self.gamma <= 1.0:
             bad('gamma', 'must be in (0, 1]')
+        if self.freeze_bn and self.pretrained is None:
+            bad('freeze_bn', 'keeps the running statistics of a pretrained trunk; set pretrained '
+                '(e.g. imagenet) or freeze_bn false')
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
             bad('warmup_epochs', f'must be shorter than epochs ({self.epochs})')
         if not (self.device == 'auto' or self.device == 'cpu' or self.device == 'cuda'

@@ -445,6 +445,9 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
     if cfg.resume:
         resume_path = last_path if cfg.resume == 'auto' else Path(cfg.resume)
         ckpt = load_checkpoint(resume_path)
+        # a key missing from an older checkpoint did not exist yet: it ran with the default
+        for key, value in TrainConfig().to_dict().items():
+            ckpt.setdefault('config', {}).setdefault(key, value)
         check_resumable(ckpt, cfg.to_dict(), resume_path, RESUME_MAY_DIFFER)
         if ckpt['config'].get('epochs') != cfg.epochs and main:
             log.warning('resuming with epochs=%d (checkpoint: %s): the LR schedule is '
@@ -568,6 +571,13 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
                  cfg.schedule, steps, batch, ddp.world_size, cfg.crop, h, w)
 
     net.train()
+    if cfg.freeze_bn:
+        # BatchNorm in inference mode: normalised with the pretrained running statistics, which
+        # stay fixed (no batch statistics of a few near-identical frames; what is trained is
+        # also what the export computes). evaluate_cached restores these per-module modes.
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     last_saved = None
     completed, stopped_early = start_epoch, False
     # [stop requested, non-finite loss], all-reduced under DDP (NCCL needs it on the GPU)

@@ -59,6 +59,12 @@ def test_bad_values_name_the_key(key, value, fragment):
     assert key in str(err.value) and fragment in str(err.value)
 
 
+def test_freeze_bn_needs_a_pretrained_trunk():
+    assert load_config(None, {'freeze_bn': True}).freeze_bn
+    with pytest.raises(ConfigError, match='freeze_bn.*set pretrained'):
+        load_config(None, {'freeze_bn': True, 'pretrained': None})
+
+
 def test_yaml_syntax_and_shape_errors(tmp_path):
     with pytest.raises(ConfigError, match=r'cfg.yaml:2'):
         load_config(_yaml(tmp_path, 'lr: 0.1\nepochs: 3: 4\n'))

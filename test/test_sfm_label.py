@@ -2,7 +2,8 @@
 
 The frames are rendered from known poses, so the recovered labels are checked against the
 truth: after the automatic alignment to the bag's pose topic they must be metric and close to
-it. SfM is run once per module (~15-40 s on 2 shared cores).
+it. SfM is run once per module (~10-25 s); the whole module takes ~90 s on one core (training
+a model on the labels is ~50 s of it).
 """
 
 import json
@@ -10,6 +11,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from posenet_ros import synthetic as syn
 from posenet_ros.datasets.manifest import read_manifest
@@ -21,6 +23,7 @@ pytest.importorskip('pycolmap')
 
 N_FRAMES = 40
 RATE = 10.0
+EPOCHS = 30  # relocalization test: 3 steps of 8 frames per epoch, ~50 s on one core
 
 
 @pytest.fixture(scope='module')
@@ -144,39 +147,63 @@ def test_model_trained_on_sfm_labels_relocalizes_in_true_metric_frame(scene_bag,
 
     The held-out frames are the label command's test split (every 5th registered frame); their
     ground truth comes from the renderer, never from SfM, so a model that learned the SfM frame
-    instead of the metric map frame fails here.
+    instead of the metric map frame fails here. No model selection on them either (no
+    validation split: the export is the last epoch). The baselines know only the training
+    labels: the mean pose, and the nearest training frame in ImageNet feature space (printed).
+
+    ~30 training frames in batches of 8 need ``freeze_bn``: with batch statistics of a few
+    near-identical frames (and running statistics that lag behind them, BatchNorm momentum
+    0.01) the eval-mode export missed even its own training frames by ~25 deg. Centre crops
+    (``augment: false``): a random 112 px crop of the ~170 x 128 px resized frame turns the view
+    by up to +-11 deg of yaw (fx ~148 px) without changing the label (numbers: docs/sfm.md).
     """
-    from posenet_ros.baselines import mean_pose
+    from posenet_ros.baselines import imagenet_feature_extractor, mean_pose, nearest_neighbour
     from posenet_ros.config import load_config
     from posenet_ros.datasets import load_image
     from posenet_ros.metrics import frame_errors
+    from posenet_ros.model import build_posenet
     from posenet_ros.relocalizer import Relocalizer
     from posenet_ros.train import train
 
     _, truth, _ = scene_bag
     cfg = load_config(None, dict(
-        dataset=str(labelled), backbone='efficientnet_lite0', pretrained='imagenet', resize=128,
-        crop=112, loss='learned', s_q_init=-1.0, dropout=0.0, lr=5e-4, warmup_epochs=1, epochs=30,
+        dataset=str(labelled), val_split=None, backbone='efficientnet_lite0',
+        pretrained='imagenet', freeze_bn=True, resize=128, crop=112, augment=False,
+        loss='learned', s_q_init=-1.0, dropout=0.0, lr=5e-4, warmup_epochs=1, epochs=EPOCHS,
         batch_size=8, num_threads=1, progress=False, run_dir=str(tmp_path / 'run'),
         export_dir=str(tmp_path / 'models'), name='sfm', export_pt2=False))
     result = train(cfg)
+    pretrained = build_posenet('efficientnet_lite0', 'imagenet').state_dict()
+    trained = result.model.state_dict()
+    bn_stats = [k for k in trained if k.endswith(('running_mean', 'running_var'))]
+    assert bn_stats and all(torch.equal(trained[k], pretrained[k]) for k in bn_stats)
     train_s, test_s = read_manifest(labelled, 'train'), read_manifest(labelled, 'test')
     assert len(test_s) >= 5
     true_p = np.stack([truth[s.name][0] for s in test_s])
     true_q = np.stack([truth[s.name][1] for s in test_s])
-    mp, mq = mean_pose(np.stack([s.position for s in train_s]),
-                       np.stack([s.quaternion for s in train_s]))
+    train_p = np.stack([s.position for s in train_s])
+    train_q = np.stack([s.quaternion for s in train_s])
+    mp, mq = mean_pose(train_p, train_q)
     base_t, base_r = frame_errors(np.tile(mp, (len(test_s), 1)), np.tile(mq, (len(test_s), 1)),
                                   true_p, true_q)
-    preds = Relocalizer(result.export_ts).predict_batch(
-        np.stack([load_image(s) for s in test_s]))
+    test_images = [load_image(s) for s in test_s]
+    preds = Relocalizer(result.export_ts).predict_batch(np.stack(test_images))
     t_err, r_err = frame_errors(np.stack([p.position for p in preds]),
                                 np.stack([p.quaternion_wxyz for p in preds]), true_p, true_q)
-    print(f'trained on SfM labels: median {np.median(t_err):.2f} m / {np.median(r_err):.1f} deg '
-          f'against the true poses; mean pose {np.median(base_t):.2f} m / '
-          f'{np.median(base_r):.1f} deg')
-    # Positions are what proves the metric map frame (SfM units or an unaligned frame would be
-    # off by metres). Orientation is printed, not asserted: with ~30 training frames this short
-    # run does not beat the mean orientation (~17 deg over this arc; measured 26-33 deg).
-    # Measured ratios 0.42-0.54 over runs (SfM and 7 test frames make it noisy): bound at 0.75.
-    assert np.median(t_err) < 0.75 * np.median(base_t)
+    features = imagenet_feature_extractor(cfg.resize, cfg.crop)
+    nn_idx = nearest_neighbour(features([load_image(s) for s in train_s]), features(test_images))
+    nn_t, nn_r = frame_errors(train_p[nn_idx], train_q[nn_idx], true_p, true_q)
+    ratio_t, ratio_r = np.median(t_err) / np.median(base_t), np.median(r_err) / np.median(base_r)
+    print(f'trained on SfM labels ({len(train_s)} frames, {result.train_time_s:.0f} s): median '
+          f'{np.median(t_err):.2f} m / {np.median(r_err):.1f} deg against the true poses of '
+          f'{len(test_s)} held-out frames; mean pose {np.median(base_t):.2f} m / '
+          f'{np.median(base_r):.1f} deg; nearest neighbour (ImageNet features) '
+          f'{np.median(nn_t):.2f} m / {np.median(nn_r):.1f} deg; ratios to the mean pose '
+          f'{ratio_t:.2f} / {ratio_r:.2f}')
+    # Positions prove the metric map frame (SfM units or an unaligned frame would be off by
+    # metres), orientations that the model learned the views rather than an average one.
+    # Measured (4 module runs with fresh SfM, training seeds 0-4 on fixed labels): ratios
+    # 0.04-0.11 (0.11-0.27 m) and 0.08-0.16 (1.3-2.7 deg against 16.8 deg); bounds with a 3x
+    # margin, since 7 held-out frames make the medians noisy.
+    assert ratio_t < 0.4, (t_err, base_t)
+    assert ratio_r < 0.5, (r_err, base_r)
