@@ -171,7 +171,14 @@ def feature_extractor(model_path, meta: dict, mode: str = 'auto', device: str = 
                               f'got {mode!r}')
     if mode == 'none':
         return None
-    if mode in ('auto', 'network'):
+    if mode in ('auto', 'network') and meta.get('quantization'):
+        # int8 exports (posenet-ros quantize) hold a traced network without callable submodules
+        if mode == 'network':
+            warnings.warn(f'{model_path}: an int8 export exposes no network features; '
+                          'nearest-neighbour baseline skipped (use --nn-features imagenet or '
+                          'evaluate the fp32 export)', stacklevel=2)
+            return None
+    elif mode in ('auto', 'network'):
         ext = network_feature_extractor(model_path, device, module)
         if ext is not None or mode == 'network':
             if ext is None:

@@ -19,6 +19,7 @@ COMMANDS = {
     'evaluate': ('posenet_ros.evaluate', 'evaluate an exported model on a dataset or a bag'),
     'replay': ('posenet_ros.node.replay', 'publish a bag onto live ROS topics'),
     'predict': ('posenet_ros.relocalizer', 'predict the pose of image files with an export'),
+    'quantize': ('posenet_ros.quantize', 'write an int8 CPU version of an export (calibrated)'),
     'demo': ('posenet_ros.demo', 'run the whole pipeline on the synthetic scene'),
     'study': ('posenet_ros.studies', "run one of the paper's experiments (robustness, ...)"),
     'label': ('posenet_ros.sfm.label', 'label images/video/bag frames with structure from motion'),

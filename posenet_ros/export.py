@@ -35,7 +35,9 @@ from posenet_ros.atomic import atomic_path
 from posenet_ros.errors import (
     ConfigError,
     CorruptModelError,
+    DeviceUnavailableError,
     IncompatibleModelError,
+    ModelFileError,
     ModelNotFoundError,
 )
 from posenet_ros.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
@@ -43,7 +45,8 @@ from posenet_ros.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 __all__ = [
     'FORMAT_VERSION', 'META_NAME', 'ExportedPoseNet', 'ExportResult', 'build_metadata',
     'export_model', 'read_metadata', 'model_id_of', 'git_sha', 'OUTPUT_COLUMNS',
-    'MAX_BATCH', 'MIN_SIDE', 'MAX_SIDE',
+    'MAX_BATCH', 'MIN_SIDE', 'MAX_SIDE', 'save_torchscript', 'quantization_of',
+    'check_quantized_device',
 ]
 
 FORMAT_VERSION = 1
@@ -108,15 +111,38 @@ def git_sha(cwd: str | os.PathLike | None = None) -> str | None:
     return sha if out.returncode == 0 and len(sha) == 40 else None
 
 
+def _hash_state(h, value) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().to('cpu')
+        if t.is_quantized:
+            # int8 models (posenet_ros.quantize): the integer values plus their quantisation
+            h.update(str(t.qscheme()).encode())
+            if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+                h.update(str(t.q_per_channel_axis()).encode())
+                _hash_state(h, t.q_per_channel_scales())
+                _hash_state(h, t.q_per_channel_zero_points())
+            else:
+                h.update(repr((t.q_scale(), t.q_zero_point())).encode())
+            h.update(str(t.dtype).encode())
+            t = t.int_repr()
+        else:
+            h.update(str(t.dtype).encode())
+        t = t.contiguous()
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            _hash_state(h, v)
+    else:  # e.g. the dtype entry of a quantized Linear's packed parameters
+        h.update(repr(value).encode())
+
+
 def model_id_of(module: nn.Module, backbone: str) -> str:
     """Short, stable hash of the backbone name and every tensor of ``module``'s state_dict."""
     h = hashlib.sha256(backbone.encode())
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, value in sorted(module.state_dict().items()):
         h.update(name.encode())
-        t = tensor.detach().to('cpu').contiguous()
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+        _hash_state(h, value)
     return h.hexdigest()[:12]
 
 
@@ -162,6 +188,29 @@ def _atomic_write(path: Path, write) -> None:
         write(tmp)
 
 
+def _meta_bytes(meta: dict) -> bytes:
+    try:
+        return json.dumps(meta, indent=1, sort_keys=True).encode()
+    except TypeError as exc:
+        raise ConfigError(f'training/config metadata must be JSON-serialisable: {exc}') from exc
+
+
+def save_torchscript(module: nn.Module, path: str | os.PathLike, meta: dict) -> Path:
+    """Script ``module`` (an :class:`ExportedPoseNet`) and write it atomically with ``meta``.
+
+    The metadata is stored inside the file as ``extra_files['posenet_meta.json']``. Submodules
+    may already be TorchScript (e.g. the traced int8 network of ``posenet_ros.quantize``).
+    """
+    path = Path(path)
+    meta_bytes = _meta_bytes(meta)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)  # torch.jit deprecation notice
+        scripted = torch.jit.script(module)
+        _atomic_write(path, lambda p: torch.jit.save(scripted, str(p),
+                                                      _extra_files={META_NAME: meta_bytes}))
+    return path
+
+
 def export_model(net: nn.Module, *, out_dir: str | os.PathLike, name: str, resize: int,
                  crop: int, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, pos_mean: Sequence[float] = (0, 0, 0),
@@ -183,19 +232,12 @@ def export_model(net: nn.Module, *, out_dir: str | os.PathLike, name: str, resiz
                                                                                    backbone),
                           map_frame=map_frame, camera_frame=camera_frame, training=training,
                           config=config)
-    try:
-        meta_bytes = json.dumps(meta, indent=1, sort_keys=True).encode()
-    except TypeError as exc:
-        raise ConfigError(f'training/config metadata must be JSON-serialisable: {exc}') from exc
+    meta_bytes = _meta_bytes(meta)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ts_path = out / f'{name}.ts'
     pt2_path = out / f'{name}.pt2'
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', FutureWarning)  # torch.jit deprecation notice
-        scripted = torch.jit.script(module)
-        _atomic_write(ts_path, lambda p: torch.jit.save(scripted, str(p),
-                                                         _extra_files={META_NAME: meta_bytes}))
+    save_torchscript(module, ts_path, meta)
     if not pt2:
         return ExportResult(ts_path, None, meta)
     batch = torch.export.Dim('batch', min=1, max=MAX_BATCH)
@@ -246,11 +288,55 @@ def _parse_meta(raw: bytes | str, path: Path) -> dict:
     return validate_metadata(meta, path)
 
 
+def quantization_of(meta: dict) -> dict | None:
+    """The ``quantization`` section of an int8 export's metadata, ``None`` for fp32 exports."""
+    q = meta.get('quantization')
+    return q if isinstance(q, dict) and q else None
+
+
+def check_quantized_device(meta: dict, device: str | torch.device,
+                           path: str | os.PathLike = '<model>') -> None:
+    """Make an int8 export loadable: CPU only, and select its quantized engine.
+
+    Quantized (int8) TorchScript kernels exist only on the CPU, and their packed weights are
+    unpacked for ``torch.backends.quantized.engine`` when the file is loaded, so the engine the
+    model was calibrated for (``x86``) is set before loading. Raises
+    :class:`DeviceUnavailableError` for a non-CPU device and :class:`IncompatibleModelError`
+    when this torch build lacks the engine. No-op for fp32 exports.
+    """
+    q = quantization_of(meta)
+    if q is None:
+        return
+    device = torch.device(device)
+    if device.type != 'cpu':
+        raise DeviceUnavailableError(
+            f'{path} is an int8-quantized model ({q.get("engine")} engine), which runs on the '
+            f'CPU only, but device {str(device)!r} was requested; use device cpu (or auto), or '
+            'load the fp32 export it was made from (the same name without .int8) on the GPU')
+    engine = str(q.get('engine', 'x86'))
+    supported = torch.backends.quantized.supported_engines
+    if engine not in supported:
+        raise IncompatibleModelError(
+            f'{path} is an int8 model for the {engine!r} quantized engine, which this torch '
+            f'build does not provide (it has {supported}); use the fp32 export on this machine')
+    if torch.backends.quantized.engine != engine:
+        torch.backends.quantized.engine = engine
+
+
+def _prepare_quantized_load(path: Path, device: torch.device) -> None:
+    try:
+        meta = read_metadata(path)
+    except ModelFileError:
+        return  # not a readable export: torch.jit.load / _parse_meta report it precisely
+    check_quantized_device(meta, device, path)
+
+
 def load_file(path: str | os.PathLike, device: str | torch.device = 'cpu'):
     """Load an export: returns ``(callable module, metadata)``; ``.ts`` or ``.pt2`` by suffix.
 
     Raises :class:`ModelNotFoundError`, :class:`CorruptModelError` or
-    :class:`IncompatibleModelError`.
+    :class:`IncompatibleModelError`; an int8 export (``posenet_ros.quantize``) on a non-CPU
+    device raises :class:`DeviceUnavailableError` (see :func:`check_quantized_device`).
     """
     path = Path(path)
     device = torch.device(device)
@@ -262,6 +348,7 @@ def load_file(path: str | os.PathLike, device: str | torch.device = 'cpu'):
         raise CorruptModelError(f'{path}: unknown model suffix {path.suffix!r}; expected a '
                                 '.ts (TorchScript) or .pt2 (torch.export) file')
     if suffix == '.ts':
+        _prepare_quantized_load(path, device)
         extra = {META_NAME: ''}
         try:
             with warnings.catch_warnings():

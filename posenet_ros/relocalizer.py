@@ -23,10 +23,11 @@ from posenet_ros.errors import (
     DeviceUnavailableError,
     IncompatibleModelError,
     InvalidFrameError,
+    ModelFileError,
     NonFiniteOutputError,
     PoseNetError,
 )
-from posenet_ros.export import OUTPUT_COLUMNS, load_file
+from posenet_ros.export import OUTPUT_COLUMNS, load_file, quantization_of, read_metadata
 
 __all__ = ['Prediction', 'Relocalizer', 'resolve_device', 'main']
 
@@ -61,6 +62,15 @@ def resolve_device(name: str) -> torch.device:
         return torch.device('cuda', index)
     raise DeviceUnavailableError(f'device {name!r} is not supported; use cpu, cuda, cuda:N or '
                                  'auto')
+
+
+def _auto_device(path: Path) -> str:
+    """``'auto'`` for ``path``: CUDA when present, except for int8 exports (CPU-only kernels)."""
+    try:
+        meta = read_metadata(path)
+    except ModelFileError:
+        return 'auto'  # load_file reports the problem with the file
+    return 'cpu' if quantization_of(meta) is not None else 'auto'
 
 
 @dataclass
@@ -122,17 +132,24 @@ class Relocalizer:
     :class:`~posenet_ros.errors.IncompatibleModelError`) and runs ``warmup`` dummy frames of
     ``warmup_size`` (H, W) (default: ``resize x 4/3 resize``, a 4:3 camera) so the first real frame
     is not slow (TorchScript optimises during its first calls; CUDA initialises lazily).
+
+    int8 exports (``posenet-ros quantize``) run on the CPU only: ``device='auto'`` picks the CPU
+    for them and ``'cuda'`` raises :class:`~posenet_ros.errors.DeviceUnavailableError`.
     """
 
     def __init__(self, path: str | Path, device: str | torch.device = 'cpu', warmup: int = 3,
                  warmup_size: tuple[int, int] | None = None):
         self.path = Path(path)
+        if not isinstance(device, torch.device) and str(device).strip().lower() == 'auto':
+            device = _auto_device(self.path)
         self.device = (device if isinstance(device, torch.device)
                        else resolve_device(str(device)))
         self.model, self.metadata = load_file(self.path, self.device)
         self.model_id: str = str(self.metadata['model_id'])
         self.backbone: str = str(self.metadata['backbone'])
         self.format = self.path.suffix.lower().lstrip('.')
+        # The metadata's quantization section for int8 exports, None for fp32 ones.
+        self.quantization: dict | None = quantization_of(self.metadata)
         # The module as loaded, with its submodules (the evaluation's feature extractor reads
         # them); ``model`` is what inference runs.
         self.loaded_module = self.model

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -60,3 +61,15 @@ def sample_image_rgb() -> np.ndarray:
 def random_frames(shape, seed: int = 0) -> np.ndarray:
     """Random uint8 frames of ``shape`` (..., H, W, 3)."""
     return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_torch_thread():
+    """One intra-op torch thread for a test module (import it into the module to apply it).
+
+    The test machine is shared: one thread avoids OpenMP spin-wait contention.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from helpers_data import render_tiny_scene
+from helpers_model import one_torch_thread  # noqa: F401 (autouse: one torch thread)
 
 from posenet_ros.baselines import mean_pose
 from posenet_ros.checkpoint import load_checkpoint, save_checkpoint
@@ -28,15 +29,6 @@ from posenet_ros.relocalizer import Relocalizer
 from posenet_ros.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    # The test machine is shared: one intra-op thread avoids OpenMP spin-wait contention.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope='module')
