@@ -5,8 +5,8 @@ Runs, each in its own process (so its peak memory is measured alone):
 
 1. inference latency per backbone, eager vs TorchScript vs ``.pt2``, batch 1, p50/p95
    (``scripts/bench_inference.py``);
-2. end-to-end node latency and sustained rate at 30 Hz 640x480 against the naive node measured in
-   the same run (``scripts/bench_node_latency.py``);
+2. end-to-end node latency and sustained rate at 30 Hz 640x480, fp32 and int8 exports, against
+   the naive node measured in the same run (``scripts/bench_node_latency.py``);
 3. training throughput with and without the decoded-image cache (``scripts/bench_training.py``)
    on a small synthetic dataset rendered here.
 
@@ -126,18 +126,20 @@ def format_table(report: dict) -> str:
         lines.append(f'| inference {row["backbone"]} {inf["info"]["size"]}px, p50/p95 ms | '
                      f'{", ".join(cells)} |')
     node = report['node']
-    for name in ('node', 'naive'):
+    for name in ('node', 'node_int8', 'naive'):
         r = node.get(name, {})
         if 'p50_ms' in r:
-            lines.append(f'| {name} node 640x480@30Hz: p50/p99 ms, answered, lag slope | '
+            lines.append(f'| {name} 640x480@30Hz: p50/p99 ms, answered, lag slope | '
                          f'{r["p50_ms"]}/{r["p99_ms"]}, {r["answered_fraction"]:.0%}, '
                          f'{r["lag_slope_ms_per_s"]} ms/s |')
-    if 'ratio_p50' in node:
-        lines.append(f'| naive / node latency (same run) | p50 x{node["ratio_p50"]}, '
-                     f'p99 x{node["ratio_p99"]} |')
-    if 'model_only' in node:
-        lines.append(f'| model alone (same frames) p50/p99 ms | {node["model_only"]["p50_ms"]}/'
-                     f'{node["model_only"]["p99_ms"]} |')
+    for name, suffix in (('node', ''), ('node_int8', '_int8')):
+        if f'ratio_p50{suffix}' in node:
+            lines.append(f'| naive / {name} latency (same run) | '
+                         f'p50 x{node[f"ratio_p50{suffix}"]}, p99 x{node[f"ratio_p99{suffix}"]} |')
+    for key, what in (('model_only', 'fp32'), ('model_only_int8', 'int8')):
+        if key in node:
+            lines.append(f'| model alone {what} (same frames) p50/p99 ms | '
+                         f'{node[key]["p50_ms"]}/{node[key]["p99_ms"]} |')
     tr = report['training']
     t, d = tr['train_images_per_s'], tr['data_images_per_s']
     lines.append(f'| training img/s (cache / decode) | {t["cache"]} / {t["decode"]} '

@@ -3,13 +3,16 @@
 
 Publishes rendered 640x480 rgb8 frames at 30 Hz (stamp = send time) and measures, for every pose
 that comes back, ``receipt time - image stamp``. First the real node
-(``posenet_ros.node.relocalize_node``), then ``scripts/naive_node.py`` (cv_bridge-style conversion,
-PIL transforms, eager model in the callback, queue depth 10) with the same weights, each in its
-own process and on the same CPU thread budget. Reports p50/p99, answered frames and the lag trend
-(slope of latency over the run: a growing queue shows as a positive slope), and the ratios.
+(``posenet_ros.node.relocalize_node``) with the fp32 TorchScript export, then the same node with
+its int8 CPU export (``posenet-ros quantize``, calibrated on the benchmark frames), then
+``scripts/naive_node.py`` (cv_bridge-style conversion, PIL transforms, eager fp32 model in the
+callback, queue depth 10) with the same weights, each in its own process and on the same CPU
+thread budget. Reports p50/p99, answered frames and the lag trend (slope of latency over the run:
+a growing queue shows as a positive slope), and the ratios naive / node.
 
     python scripts/bench_node_latency.py                        # exports a mobilenet_v3_small
     python scripts/bench_node_latency.py --model m.ts --duration 20 --threads 2 --json out.json
+    python scripts/bench_node_latency.py --crop 112 --no-int8     # fp32 node vs naive only
 
 Both nodes and the publisher use config/fastdds_shm.xml unless ``--no-shm``.
 """
@@ -227,6 +230,7 @@ def main(argv=None) -> int:
     ap.add_argument('--threads', type=int, default=1, help='torch CPU threads of both nodes')
     ap.add_argument('--no-shm', action='store_true', help='default Fast DDS transports')
     ap.add_argument('--skip-naive', action='store_true')
+    ap.add_argument('--no-int8', action='store_true', help='skip the int8 export of the node')
     ap.add_argument('--json', help='write the results here')
     args = ap.parse_args(argv)
 
@@ -243,15 +247,27 @@ def main(argv=None) -> int:
     results['model_only'] = model_only(model, frames, args.threads)
     print(f'model only (predict in this process): {json.dumps(results["model_only"])}',
           flush=True)
+    int8 = None
+    if not args.no_int8:
+        from posenet_ros.quantize import quantize_export
+        int8 = quantize_export(model, frames, tmp / f'{model.stem}.int8.ts').path
+        results['model_only_int8'] = model_only(int8, frames, args.threads)
+        print(f'int8 model only: {json.dumps(results["model_only_int8"])}', flush=True)
     bench = Bench(domain, frames)
     results['config'].update(model=str(model), cpu_count=os.cpu_count(),
                              loadavg_start=os.getloadavg())
-    runs = [('node', [sys.executable, '-m', 'posenet_ros.node.relocalize_node', '--ros-args',
-                      '--params-file', str(ROOT / 'config' / 'relocalize.yaml'),
-                      '-p', f'model_path:={model}', '-p', 'device:=cpu',
-                      '-p', f'num_threads:={args.threads}', '-p', f'image_topic:={TOPIC}',
-                      '-r', '__ns:=/bench'],
-             'ready: model', '/bench/posenet_relocalizer/pose')]
+
+    def node_cmd(path):
+        return [sys.executable, '-m', 'posenet_ros.node.relocalize_node', '--ros-args',
+                '--params-file', str(ROOT / 'config' / 'relocalize.yaml'),
+                '-p', f'model_path:={path}', '-p', 'device:=cpu',
+                '-p', f'num_threads:={args.threads}', '-p', f'image_topic:={TOPIC}',
+                '-r', '__ns:=/bench']
+
+    topic = '/bench/posenet_relocalizer/pose'
+    runs = [('node', node_cmd(model), 'ready: model', topic)]
+    if int8 is not None:
+        runs.append(('node_int8', node_cmd(int8), 'ready: model', topic))
     if not args.skip_naive:
         runs.append(('naive', [sys.executable, str(ROOT / 'scripts' / 'naive_node.py'),
                                str(model), str(args.threads), '--ros-args',
@@ -274,11 +290,13 @@ def main(argv=None) -> int:
     finally:
         bench.close()
     results['config']['loadavg_end'] = os.getloadavg()
-    if 'naive' in results and 'p50_ms' in results.get('node', {}) and \
-            'p50_ms' in results['naive']:
-        results['ratio_p50'] = round(results['naive']['p50_ms'] / results['node']['p50_ms'], 2)
-        results['ratio_p99'] = round(results['naive']['p99_ms'] / results['node']['p99_ms'], 2)
-        print(f'naive / node latency: p50 x{results["ratio_p50"]}, p99 x{results["ratio_p99"]}')
+    for name, suffix in (('node', ''), ('node_int8', '_int8')):
+        if 'p50_ms' in results.get('naive', {}) and 'p50_ms' in results.get(name, {}):
+            for q in ('p50', 'p99'):
+                results[f'ratio_{q}{suffix}'] = round(
+                    results['naive'][f'{q}_ms'] / results[name][f'{q}_ms'], 2)
+            print(f'naive / {name} latency: p50 x{results[f"ratio_p50{suffix}"]}, '
+                  f'p99 x{results[f"ratio_p99{suffix}"]}')
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))

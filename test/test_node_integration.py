@@ -111,6 +111,13 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
+def int8_model(models, frames):
+    """The int8 CPU export (posenet-ros quantize) of the tiny model, calibrated on the frames."""
+    from posenet_ros.quantize import quantize_export
+    return quantize_export(models[0], frames, models[0].with_name('tiny.int8.ts')).path
+
+
+@pytest.fixture(scope='module')
 def offline(models):
     """The relocalizer the node uses, loaded in this process: the reference for every pose."""
     import torch
@@ -134,8 +141,8 @@ def _common(model, ns):
 
 
 @pytest.fixture(scope='module')
-def nodes(session, models, tmp_path_factory):
-    """Start the three nodes (in parallel: start-up is dominated by importing torch)."""
+def nodes(session, models, int8_model, tmp_path_factory):
+    """Start the four nodes (in parallel: start-up is dominated by importing torch)."""
     good, bad = models
     fake = tmp_path_factory.mktemp('fake_tf2') / 'tf2_ros'
     fake.mkdir()
@@ -150,6 +157,9 @@ def nodes(session, models, tmp_path_factory):
             'comp', extra_args=('-r', '__ns:=/comp'), env_extra=comp_env),
         'nan': session.start_node(dict(_common(bad, 'nan'), relocalize_timeout=1.0), 'nan',
                                   extra_args=('-r', '__ns:=/nan')),
+        # device auto: an int8 export must land on the CPU even where CUDA exists.
+        'q8': session.start_node(dict(_common(int8_model, 'q8'), device='auto'), 'q8',
+                                 extra_args=('-r', '__ns:=/q8')),
     }
     for name, proc in procs.items():
         assert proc.wait_for_output('ready: model', 120), f'{name} node did not start:\n' \
@@ -307,13 +317,28 @@ def test_raw_pose_equals_offline(raw, frames, offline, encoding, padding, big):
                                        expected.quaternion_wxyz) < 1e-3
 
 
+def test_int8_export_runs_in_the_node(session, nodes, int8_model, frames):
+    """The node serves an int8 export exactly as the offline int8 Relocalizer predicts it."""
+    from posenet_ros.relocalizer import Relocalizer
+    ref = Relocalizer(int8_model, 'auto', 0)
+    assert ref.quantization and ref.device.type == 'cpu'
+    c = Client(session, 'q8')
+    c.wait_connected()
+    key = c.send(rgb=frames[1])
+    pose, _ = c.wait_pose(key)
+    assert pose is not None, 'no pose from the int8 node'
+    _check_pose(pose, ref.predict(frames[1]), ref.metadata['frames']['map_frame'])
+    d = c.diag(lambda d: d['frames_published'] != '0')
+    assert d['precision'] == 'int8' and d['device'] == 'cpu' and d['model_id'] == ref.model_id
+
+
 def test_raw_diagnostics(raw, offline):
     d = raw.diag(lambda d: d['frames_published'] != '0')
     assert d['_hw'] == offline.metadata['model_id'] == d['model_id']
     assert float(d['inference_ms_p50']) > 0 and float(d['inference_ms_p95']) >= \
         float(d['inference_ms_p50'])
     assert d['input_topic'] == '/raw/camera/image_raw'
-    assert d['tf_mode'] == 'camera' and d['device'] == 'cpu'
+    assert d['tf_mode'] == 'camera' and d['device'] == 'cpu' and d['precision'] == 'fp32'
     assert 0.0 < float(d['raw_quat_norm']) < 1e6
     assert float(d['frame_age_ms_max']) >= 0.0
 

@@ -194,20 +194,22 @@ class RelocalizerNode(Node):
     def _load_model(self) -> None:
         import torch
 
-        from posenet_ros.relocalizer import Relocalizer, resolve_device
+        from posenet_ros.relocalizer import Relocalizer
 
         if self._cfg['num_threads'] > 0:
             torch.set_num_threads(self._cfg['num_threads'])
-        self._device = resolve_device(self._cfg['device'])
         t0 = time.monotonic()
-        self._relocalizer = Relocalizer(self._cfg['model_path'], self._device,
+        # The Relocalizer resolves the device ('auto' keeps int8 exports on the CPU).
+        self._relocalizer = Relocalizer(self._cfg['model_path'], self._cfg['device'],
                                         self._cfg['warmup_iterations'])
+        self._device = self._relocalizer.device
         meta = self._relocalizer.metadata or {}
         self._frames = meta.get('frames') or {}
         self._model_id = str(meta.get('model_id', 'unknown'))
+        self._precision = 'int8' if self._relocalizer.quantization else 'fp32'
         self._stager = FrameStager(torch.device(self._device))
         self._log.info(f'loaded {self._cfg["model_path"]} (model {self._model_id}, backbone '
-                       f'{meta.get("backbone", "?")}) on {self._device} in '
+                       f'{meta.get("backbone", "?")}, {self._precision}) on {self._device} in '
                        f'{time.monotonic() - t0:.2f} s')
 
     def _setup_tf(self) -> None:
@@ -566,6 +568,7 @@ class RelocalizerNode(Node):
         values = dict(snap['values'])
         values['model_id'] = self._model_id
         values['device'] = str(self._device)
+        values['precision'] = self._precision
         values['tf_mode'] = self._tf_mode
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         arr = DiagnosticArray()
