@@ -377,13 +377,13 @@ class RelocalizerNode(Node):
         self._stats.processed(infer_ms, age, float(pred.raw_quat_norm))
 
         frame_id = cfg['camera_frame'] or msg.header.frame_id or self._camera_frame_default
-        t_map_cam = geometry.pose_to_matrix(position, q_wxyz)
         if cfg['continuous'] or not pending:
             self._publish_pose(stamp, position, q_wxyz)
-            self._publish_tf(stamp, t_map_cam, frame_id)
+            self._publish_tf(stamp, position, q_wxyz, frame_id)
             self._last_output = slot.t_received
         if pending:
-            self._serve_requests(pending, stamp, t_map_cam, frame_id, float(pred.raw_quat_norm))
+            self._serve_requests(pending, stamp, position, q_wxyz, frame_id,
+                                 float(pred.raw_quat_norm))
 
     def _reject(self, reason: str, message: str, pending: list[_Request]) -> None:
         self._stats.reject(reason, message)
@@ -434,23 +434,24 @@ class RelocalizerNode(Node):
         self._cov_pub.publish(cov)
         self._stats.count('published')
 
-    def _publish_tf(self, stamp: TimeMsg, t_map_cam: np.ndarray, camera_frame: str) -> None:
+    def _publish_tf(self, stamp: TimeMsg, position, q_wxyz, camera_frame: str) -> None:
         if self._tf_mode == 'none':
             return
         if self._tf_mode == 'camera':
             child = camera_frame + self._cfg['tf_child_suffix']
-            self._send_tf(stamp, self._map_frame(), child, t_map_cam)
+            self._send_tf(stamp, self._map_frame(), child, position, q_wxyz)
             return
         # map_to_odom: T_map_odom = T_map_cam * T_odom_cam^-1 at the image stamp, future-dated.
         t_odom_cam = self._lookup(self._cfg['odom_frame'], camera_frame, stamp)
         if t_odom_cam is None:
             return
-        t_map_odom = map_to_odom(t_map_cam, t_odom_cam)
+        t_map_odom = map_to_odom(geometry.pose_to_matrix(position, q_wxyz), t_odom_cam)
+        odom_pos, odom_q = geometry.matrix_to_pose(t_map_odom)
         future = Time.from_msg(stamp) + Duration(seconds=self._cfg['transform_tolerance'])
-        self._send_tf(future.to_msg(), self._map_frame(), self._cfg['odom_frame'], t_map_odom)
+        self._send_tf(future.to_msg(), self._map_frame(), self._cfg['odom_frame'], odom_pos,
+                      odom_q)
 
-    def _send_tf(self, stamp: TimeMsg, parent: str, child: str, mat: np.ndarray) -> None:
-        pos, q_wxyz = geometry.matrix_to_pose(mat)
+    def _send_tf(self, stamp: TimeMsg, parent: str, child: str, pos, q_wxyz) -> None:
         tf = TransformStamped()
         tf.header.stamp = stamp
         tf.header.frame_id = parent
@@ -477,8 +478,9 @@ class RelocalizerNode(Node):
         t, r = tf.transform.translation, tf.transform.rotation
         return xyzw_pose_to_matrix([t.x, t.y, t.z, r.x, r.y, r.z, r.w])
 
-    def _serve_requests(self, pending, stamp, t_map_cam, camera_frame, raw_norm) -> None:
+    def _serve_requests(self, pending, stamp, cam_pos, cam_q, camera_frame, raw_norm) -> None:
         cfg = self._cfg
+        t_map_cam = geometry.pose_to_matrix(cam_pos, cam_q)
         t_cam_base = self._lookup(camera_frame, cfg['base_frame'], stamp)
         source = 'tf'
         if t_cam_base is not None:
@@ -487,7 +489,6 @@ class RelocalizerNode(Node):
             source = 'parameter camera_in_base'
             t_map_base = base_in_map(t_map_cam, xyzw_pose_to_matrix(cfg['camera_in_base']))
         base_pos, base_q = geometry.matrix_to_pose(t_map_base)
-        cam_pos, cam_q = geometry.matrix_to_pose(t_map_cam)
         msg = PoseWithCovarianceStamped()
         msg.header.stamp = stamp
         msg.header.frame_id = self._map_frame()
