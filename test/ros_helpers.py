@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,10 +23,13 @@ import threading
 import time
 from pathlib import Path
 
+from posenet_ros.node.process import NODE_MODULE, NodeProcess, node_command
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / 'config' / 'relocalize.yaml'
 SHM_PROFILE = ROOT / 'config' / 'fastdds_shm.xml'
-NODE_MODULE = 'posenet_ros.node.relocalize_node'
+__all__ = ['CONFIG', 'NODE_MODULE', 'ROOT', 'NodeProcess', 'RosSession', 'ros_env',
+           'run_node_once']
 
 
 def _venv_lib_dirs() -> list[str]:
@@ -55,81 +57,10 @@ def ros_env(domain_id: int, log_dir: str | os.PathLike, extra: dict | None = Non
     return env
 
 
-class NodeProcess:
-    """The relocalization node as a subprocess (stdout+stderr captured to a log file)."""
-
-    def __init__(self, params: dict, env: dict, log_path: Path, params_file: Path = CONFIG,
-                 extra_args: tuple[str, ...] = ()):
-        cmd = [sys.executable, '-m', NODE_MODULE, '--ros-args', '--params-file', str(params_file)]
-        for key, value in params.items():
-            cmd += ['-p', f'{key}:={_ros_arg(value)}']
-        cmd += list(extra_args)
-        self.cmd = cmd
-        self.log_path = Path(log_path)
-        self._log = open(self.log_path, 'w')  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=str(ROOT))
-        self._interrupted = False
-
-    def output(self) -> str:
-        """Everything the node printed so far."""
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors='replace')
-
-    def wait_for_output(self, text: str, timeout: float = 60.0) -> bool:
-        """Wait until ``text`` appears in the node's output (False on timeout or exit)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.output():
-                return True
-            if self.proc.poll() is not None:
-                return text in self.output()
-            time.sleep(0.05)
-        return False
-
-    def alive(self) -> bool:
-        """True while the process runs."""
-        return self.proc.poll() is None
-
-    def interrupt(self) -> None:
-        """Send SIGINT once (ask the node to shut down) without waiting.
-
-        Only once: a second SIGINT that lands while Python finalises (handlers are back to the
-        default then) kills the process with status -2, like a double Ctrl-C.
-        """
-        if self.proc.poll() is None and not self._interrupted:
-            self.proc.send_signal(signal.SIGINT)
-            self._interrupted = True
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGINT (once), then SIGKILL after ``timeout``; returns the exit code."""
-        self.interrupt()
-        if self.proc.poll() is None:
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode
-
-
-def _ros_arg(value) -> str:
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, (list, tuple)):
-        return '[' + ','.join(_ros_arg(v) for v in value) + ']'
-    return str(value)
-
-
 def run_node_once(params: dict, env: dict, timeout: float = 120.0, params_file: Path = CONFIG):
     """Run the node to completion (for start-up failures): ``(returncode, output)``."""
-    cmd = [sys.executable, '-m', NODE_MODULE, '--ros-args', '--params-file', str(params_file)]
-    for key, value in params.items():
-        cmd += ['-p', f'{key}:={_ros_arg(value)}']
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                         cwd=str(ROOT))
+    out = subprocess.run(node_command(params, params_file), env=env, capture_output=True,
+                         text=True, timeout=timeout, cwd=str(ROOT))
     return out.returncode, out.stdout + out.stderr
 
 
@@ -180,8 +111,9 @@ class RosSession:
 
     def start_node(self, params: dict, tag: str = 'node', **kwargs) -> NodeProcess:
         """Start the relocalization node with ``params`` (-p overrides of the params file)."""
+        kwargs.setdefault('params_file', CONFIG)
         proc = NodeProcess(params, self.env(kwargs.pop('env_extra', None)),
-                           self.tmp / f'{tag}.log', **kwargs)
+                           self.tmp / f'{tag}.log', cwd=ROOT, **kwargs)
         self.processes.append(proc)
         return proc
 

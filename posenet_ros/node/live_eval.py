@@ -18,10 +18,7 @@ from __future__ import annotations
 import math
 import os
 import random
-import signal
 import struct
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -31,10 +28,10 @@ import numpy as np
 
 from posenet_ros.errors import EvaluationError
 from posenet_ros.geometry import canonicalize_quaternion, xyzw_to_wxyz
+from posenet_ros.node.process import NODE_MODULE, NodeProcess
 
 __all__ = ['live_evaluate', 'header_stamp_ns', 'NODE_MODULE', 'POSE_TOPIC']
 
-NODE_MODULE = 'posenet_ros.node.relocalize_node'
 POSE_TOPIC = '/posenet_relocalizer/pose'
 MATCH_TOL_NS = 100_000  # 0.1 ms
 
@@ -68,42 +65,6 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ.pop(name, None)
     else:
         os.environ[name] = value
-
-
-def _ros_arg(value) -> str:
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    return str(value)
-
-
-class _NodeProcess:
-    """The relocalization node as a child process; output goes to ``log_path``."""
-
-    def __init__(self, params: dict, env: dict, log_path: Path):
-        cmd = [sys.executable, '-m', NODE_MODULE, '--ros-args']
-        for key, value in params.items():
-            cmd += ['-p', f'{key}:={_ros_arg(value)}']
-        self.log_path = log_path
-        self._log = open(log_path, 'w', encoding='utf-8')  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def tail(self, n: int = 15) -> str:
-        self._log.flush()
-        lines = self.log_path.read_text(errors='replace').splitlines()
-        return '\n'.join(lines[-n:])
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
 
 
 def _collect_ground_truth(bag, image_topic, pose_topic, tf, max_gap, extractor, progress):
@@ -206,7 +167,7 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
               'image_transport': transport, 'max_image_age': 0.0, 'tf_mode': 'none',
               'continuous': True, **(node_params or {})}
     node_log = out / 'node.log'
-    proc = _NodeProcess(params, env, node_log)
+    proc = NodeProcess(params, env, node_log)
     ctx = node = executor = None
     try:
         ctx = Context()
