@@ -209,10 +209,26 @@ class Client:
                 self.diags.append({kv.key: kv.value for kv in st.values} | {
                     '_level': st.level, '_message': st.message, '_hw': st.hardware_id})
 
-    def wait_connected(self):
+    def wait_connected(self, probe, answered=None, timeout=30.0):
+        """Wait for discovery, then send ``probe`` frames until the node answers one.
+
+        DDS discovery is per participant: this process seeing the node's subscription does not
+        mean the node has matched this publisher yet (nor its pose publisher our subscription),
+        so a first frame can be lost. ``answered(key, diags_since_send)`` says whether the probe
+        got through; by default its pose and covariance pose arrived.
+        """
         assert self.session.spin_until(
             lambda: self.pub.get_subscription_count() > 0
-            and all(s.get_publisher_count() > 0 for s in self.subs[:2]), 30), self.ns
+            and all(s.get_publisher_count() > 0 for s in self.subs[:2]), timeout), self.ns
+        answered = answered or (lambda key, _: key in self.poses and key in self.covs)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            start = len(self.diags)
+            key = self.send(rgb=probe)
+            if self.session.spin_until(lambda k=key, s=start: answered(k, self.diags[s:]), 2.0):
+                return
+        raise AssertionError(f'/{self.ns} node answered no probe frame in {timeout} s; '
+                             f'last diagnostics: {self.diags[-1:]}')
 
     def stamp(self, offset_s=0.0):
         """A fresh, unique stamp near now (node clock minus stamp = frame age)."""
@@ -273,16 +289,16 @@ def _check_pose(msg, expected_pred, frame_id):
 
 
 @pytest.fixture(scope='module')
-def raw(session, nodes):
+def raw(session, nodes, frames):
     c = Client(session, 'raw')
-    c.wait_connected()
+    c.wait_connected(frames[0])
     return c
 
 
 @pytest.fixture(scope='module')
-def comp(session, nodes):
+def comp(session, nodes, frames):
     c = Client(session, 'comp', compressed=True)
-    c.wait_connected()
+    c.wait_connected(frames[0])
     return c
 
 
@@ -323,10 +339,10 @@ def test_int8_export_runs_in_the_node(session, nodes, int8_model, frames):
     ref = Relocalizer(int8_model, 'auto', 0)
     assert ref.quantization and ref.device.type == 'cpu'
     c = Client(session, 'q8')
-    c.wait_connected()
+    c.wait_connected(frames[0])
     key = c.send(rgb=frames[1])
     pose, _ = c.wait_pose(key)
-    assert pose is not None, 'no pose from the int8 node'
+    assert pose is not None, f'no pose from the int8 node:\n{nodes["q8"].output()[-3000:]}'
     _check_pose(pose, ref.predict(frames[1]), ref.metadata['frames']['map_frame'])
     d = c.diag(lambda d: d['frames_published'] != '0')
     assert d['precision'] == 'int8' and d['device'] == 'cpu' and d['model_id'] == ref.model_id
@@ -535,7 +551,9 @@ def test_compressed_bad_input_and_incompatible_qos(comp, frames, offline, nodes,
 # --- NaN model -----------------------------------------------------------------------------------
 def test_non_finite_output_rejected_node_survives(session, nodes, frames):
     c = Client(session, 'nan')
-    c.wait_connected()
+    # This model never answers with a pose: a probe got through once the node rejected it.
+    c.wait_connected(frames[0], lambda _, diags: any(
+        int(d.get('rejected_non_finite_output', 0)) > 0 for d in diags))
     for _ in range(3):
         before = c.rejected()
         key = c.send(rgb=frames[0])
