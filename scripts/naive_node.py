@@ -51,7 +51,11 @@ class NaiveNode(Node):
         torch.set_num_threads(threads)
         scripted, meta = load_file(model_path, 'cpu')
         self.model = build_posenet(meta['backbone']).eval()
-        self.model.load_state_dict(scripted.net.state_dict())
+        # TorchScript's state_dict also lists non-persistent buffers (the input remap constants
+        # of googlenet / efficientnet_lite0); keep the eager model's keys, strict for the rest.
+        wanted = self.model.state_dict().keys()
+        self.model.load_state_dict({k: v for k, v in scripted.net.state_dict().items()
+                                    if k in wanted})
         pn = meta['position_normalization']
         self.pos_mean = np.asarray(pn['mean'])
         self.pos_scale = float(pn['scale'])
