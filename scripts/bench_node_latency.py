@@ -13,6 +13,10 @@ a growing queue shows as a positive slope), and the ratios naive / node.
     python scripts/bench_node_latency.py                        # exports a mobilenet_v3_small
     python scripts/bench_node_latency.py --model m.ts --duration 20 --threads 2 --json out.json
     python scripts/bench_node_latency.py --crop 112 --no-int8     # fp32 node vs naive only
+    python scripts/bench_node_latency.py --crop 112 --load 1      # next to one busy core
+
+``--load N`` runs N single-threaded busy processes (a 256x256 matrix product in a loop, standing
+in for the SLAM stack that shares the computer) while the nodes run, the same for every node.
 
 Both nodes and the publisher use config/fastdds_shm.xml unless ``--no-shm``.
 """
@@ -209,6 +213,15 @@ def _start(cmd, env, log: Path, ready: str, timeout: float = 180.0) -> subproces
     raise SystemExit(f'{cmd[2] if len(cmd) > 2 else cmd} did not start:\n{log.read_text()}')
 
 
+# One core's worth of unrelated work, as a SLAM front end would keep a core busy.
+_BUSY = 'import numpy as np\na = np.random.rand(256, 256)\nwhile True:\n    a = (a @ a) / 256.0\n'
+
+
+def _start_load(n: int) -> list[subprocess.Popen]:
+    env = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    return [subprocess.Popen([sys.executable, '-c', _BUSY], env=env) for _ in range(n)]
+
+
 def _stop(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGINT)
     try:
@@ -231,6 +244,8 @@ def main(argv=None) -> int:
     ap.add_argument('--no-shm', action='store_true', help='default Fast DDS transports')
     ap.add_argument('--skip-naive', action='store_true')
     ap.add_argument('--no-int8', action='store_true', help='skip the int8 export of the node')
+    ap.add_argument('--load', type=int, default=0,
+                    help='busy single-threaded processes running beside the nodes (default 0)')
     ap.add_argument('--json', help='write the results here')
     args = ap.parse_args(argv)
 
@@ -273,6 +288,7 @@ def main(argv=None) -> int:
                                str(model), str(args.threads), '--ros-args',
                                '-r', f'/camera/image_raw:={TOPIC}', '-r', '__ns:=/bench'],
                      'ready: naive', '/bench/naive_posenet/pose'))
+    load = _start_load(args.load)
     try:
         for name, cmd, ready, topic in runs:
             print(f'--- {name}: starting', flush=True)
@@ -288,6 +304,8 @@ def main(argv=None) -> int:
                 _stop(proc)
             print(f'{name}: {json.dumps(results[name])}', flush=True)
     finally:
+        for proc in load:
+            proc.kill()
         bench.close()
     results['config']['loadavg_end'] = os.getloadavg()
     for name, suffix in (('node', ''), ('node_int8', '_int8')):
