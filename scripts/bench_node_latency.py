@@ -14,6 +14,7 @@ a growing queue shows as a positive slope), and the ratios naive / node.
     python scripts/bench_node_latency.py --model m.ts --duration 20 --threads 2 --json out.json
     python scripts/bench_node_latency.py --crop 112 --no-int8     # fp32 node vs naive only
     python scripts/bench_node_latency.py --crop 112 --load 1      # next to one busy core
+    python scripts/bench_node_latency.py --backbone googlenet --device cuda   # the GPU target
 
 ``--load N`` runs N single-threaded busy processes (a 256x256 matrix product in a loop, standing
 in for the SLAM stack that shares the computer) while the nodes run, the same for every node.
@@ -183,13 +184,14 @@ def summarize(sent, received, warmup: float) -> dict:
     }
 
 
-def model_only(model: Path, frames: list[np.ndarray], threads: int, n: int = 40) -> dict:
+def model_only(model: Path, frames: list[np.ndarray], threads: int, n: int = 40,
+               device: str = 'cpu') -> dict:
     """``Relocalizer.predict`` alone on the same frames (the floor under any node's latency)."""
     import torch
 
     from posenet_ros.relocalizer import Relocalizer
     torch.set_num_threads(threads)
-    reloc = Relocalizer(model, 'cpu', 3, warmup_size=frames[0].shape[:2])
+    reloc = Relocalizer(model, device, 3, warmup_size=frames[0].shape[:2])
     ms = []
     for i in range(n):
         t = time.perf_counter()
@@ -241,6 +243,8 @@ def main(argv=None) -> int:
     ap.add_argument('--duration', type=float, default=12.0, help='seconds per node')
     ap.add_argument('--warmup', type=float, default=2.0, help='seconds ignored at the start')
     ap.add_argument('--threads', type=int, default=1, help='torch CPU threads of both nodes')
+    ap.add_argument('--device', default='cpu',
+                    help='cpu or cuda[:N] for both nodes (int8 runs on the CPU: skipped on cuda)')
     ap.add_argument('--no-shm', action='store_true', help='default Fast DDS transports')
     ap.add_argument('--skip-naive', action='store_true')
     ap.add_argument('--no-int8', action='store_true', help='skip the int8 export of the node')
@@ -248,6 +252,12 @@ def main(argv=None) -> int:
                     help='busy single-threaded processes running beside the nodes (default 0)')
     ap.add_argument('--json', help='write the results here')
     args = ap.parse_args(argv)
+    from posenet_ros.errors import DeviceUnavailableError
+    from posenet_ros.relocalizer import resolve_device
+    try:
+        resolve_device(args.device)  # fail before exporting anything
+    except DeviceUnavailableError as exc:
+        raise SystemExit(f'--device: {exc}') from exc
 
     tmp = Path(tempfile.mkdtemp(prefix='posenet_bench_'))
     domain = random.randint(1, 101)
@@ -259,11 +269,11 @@ def main(argv=None) -> int:
     print(f'model {model}; rendering {args.width}x{args.height} frames...', flush=True)
     frames = _frames(args.width, args.height)
     results = {'config': {k: v for k, v in vars(args).items() if k != 'json'}}
-    results['model_only'] = model_only(model, frames, args.threads)
+    results['model_only'] = model_only(model, frames, args.threads, device=args.device)
     print(f'model only (predict in this process): {json.dumps(results["model_only"])}',
           flush=True)
     int8 = None
-    if not args.no_int8:
+    if not args.no_int8 and args.device == 'cpu':
         from posenet_ros.quantize import quantize_export
         int8 = quantize_export(model, frames, tmp / f'{model.stem}.int8.ts').path
         results['model_only_int8'] = model_only(int8, frames, args.threads)
@@ -272,20 +282,20 @@ def main(argv=None) -> int:
     results['config'].update(model=str(model), cpu_count=os.cpu_count(),
                              loadavg_start=os.getloadavg())
 
-    def node_cmd(path):
+    def node_cmd(path, dev=args.device):
         return [sys.executable, '-m', 'posenet_ros.node.relocalize_node', '--ros-args',
                 '--params-file', str(ROOT / 'config' / 'relocalize.yaml'),
-                '-p', f'model_path:={path}', '-p', 'device:=cpu',
+                '-p', f'model_path:={path}', '-p', f'device:={dev}',
                 '-p', f'num_threads:={args.threads}', '-p', f'image_topic:={TOPIC}',
                 '-r', '__ns:=/bench']
 
     topic = '/bench/posenet_relocalizer/pose'
     runs = [('node', node_cmd(model), 'ready: model', topic)]
     if int8 is not None:
-        runs.append(('node_int8', node_cmd(int8), 'ready: model', topic))
+        runs.append(('node_int8', node_cmd(int8, 'cpu'), 'ready: model', topic))
     if not args.skip_naive:
         runs.append(('naive', [sys.executable, str(ROOT / 'scripts' / 'naive_node.py'),
-                               str(model), str(args.threads), '--ros-args',
+                               str(model), str(args.threads), args.device, '--ros-args',
                                '-r', f'/camera/image_raw:={TOPIC}', '-r', '__ns:=/bench'],
                      'ready: naive', '/bench/naive_posenet/pose'))
     load = _start_load(args.load)

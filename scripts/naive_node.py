@@ -46,9 +46,10 @@ def imgmsg_to_cv2_bgr8(msg) -> np.ndarray:
 class NaiveNode(Node):
     """Everything in the callback, queue depth 10."""
 
-    def __init__(self, model_path: str, threads: int):
+    def __init__(self, model_path: str, threads: int, device: str = 'cpu'):
         super().__init__('naive_posenet')
         torch.set_num_threads(threads)
+        self.device = torch.device(device)
         scripted, meta = load_file(model_path, 'cpu')
         self.model = build_posenet(meta['backbone']).eval()
         # TorchScript's state_dict also lists non-persistent buffers (the input remap constants
@@ -56,6 +57,7 @@ class NaiveNode(Node):
         wanted = self.model.state_dict().keys()
         self.model.load_state_dict({k: v for k, v in scripted.net.state_dict().items()
                                     if k in wanted})
+        self.model.to(self.device)
         pn = meta['position_normalization']
         self.pos_mean = np.asarray(pn['mean'])
         self.pos_scale = float(pn['scale'])
@@ -72,9 +74,9 @@ class NaiveNode(Node):
         """Convert, preprocess, infer and publish, all in the executor thread."""
         bgr = imgmsg_to_cv2_bgr8(msg)
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        x = self.tf(PILImage.fromarray(rgb)).unsqueeze(0)
+        x = self.tf(PILImage.fromarray(rgb)).unsqueeze(0).to(self.device)
         with torch.no_grad():
-            out = self.model(x)[0].numpy().astype(np.float64)
+            out = self.model(x)[0].cpu().numpy().astype(np.float64)
         position = out[:3] * self.pos_scale + self.pos_mean
         q = out[3:7] / np.linalg.norm(out[3:7])
         pose = PoseStamped()
@@ -90,10 +92,11 @@ def main(argv=None) -> int:
     argv = sys.argv if argv is None else argv
     args = rclpy.utilities.remove_ros_args(argv)
     if len(args) < 2:
-        print('usage: naive_node.py MODEL [THREADS] [--ros-args ...]', file=sys.stderr)
+        print('usage: naive_node.py MODEL [THREADS [DEVICE]] [--ros-args ...]', file=sys.stderr)
         return 2
     rclpy.init(args=argv)
-    node = NaiveNode(args[1], int(args[2]) if len(args) > 2 else 1)
+    node = NaiveNode(args[1], int(args[2]) if len(args) > 2 else 1,
+                     args[3] if len(args) > 3 else 'cpu')
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
