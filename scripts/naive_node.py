@@ -46,8 +46,8 @@ def imgmsg_to_cv2_bgr8(msg) -> np.ndarray:
 class NaiveNode(Node):
     """Everything in the callback, queue depth 10."""
 
-    def __init__(self, model_path: str, threads: int, device: str = 'cpu'):
-        super().__init__('naive_posenet')
+    def __init__(self, model_path: str, threads: int, device: str = 'cpu', **node_kwargs):
+        super().__init__('naive_posenet', **node_kwargs)
         torch.set_num_threads(threads)
         self.device = torch.device(device)
         scripted, meta = load_file(model_path, 'cpu')
@@ -70,15 +70,17 @@ class NaiveNode(Node):
         self.create_subscription(Image, '/camera/image_raw', self.callback, 10)
         self.get_logger().info('ready: naive node')
 
-    def callback(self, msg):
-        """Convert, preprocess, infer and publish, all in the executor thread."""
-        bgr = imgmsg_to_cv2_bgr8(msg)
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    def predict(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Position and unit quaternion (wxyz, either sign) of one RGB frame."""
         x = self.tf(PILImage.fromarray(rgb)).unsqueeze(0).to(self.device)
         with torch.no_grad():
             out = self.model(x)[0].cpu().numpy().astype(np.float64)
-        position = out[:3] * self.pos_scale + self.pos_mean
-        q = out[3:7] / np.linalg.norm(out[3:7])
+        return out[:3] * self.pos_scale + self.pos_mean, out[3:7] / np.linalg.norm(out[3:7])
+
+    def callback(self, msg):
+        """Convert, preprocess, infer and publish, all in the executor thread."""
+        bgr = imgmsg_to_cv2_bgr8(msg)
+        position, q = self.predict(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         pose = PoseStamped()
         pose.header = msg.header
         pose.header.frame_id = self.map_frame
