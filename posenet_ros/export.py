@@ -46,7 +46,7 @@ __all__ = [
     'FORMAT_VERSION', 'META_NAME', 'ExportedPoseNet', 'ExportResult', 'build_metadata',
     'export_model', 'read_metadata', 'model_id_of', 'git_sha', 'OUTPUT_COLUMNS',
     'MAX_BATCH', 'MIN_SIDE', 'MAX_SIDE', 'save_torchscript', 'quantization_of',
-    'check_quantized_device',
+    'check_quantized_device', 'eager_network',
 ]
 
 FORMAT_VERSION = 1
@@ -329,6 +329,29 @@ def _prepare_quantized_load(path: Path, device: torch.device) -> None:
     except ModelFileError:
         return  # not a readable export: torch.jit.load / _parse_meta report it precisely
     check_quantized_device(meta, device, path)
+
+
+def eager_network(state: dict, backbone: str, path: str | os.PathLike = '<model>') -> nn.Module:
+    """The eager PoseNet (eval mode) with an export's weights, ``state`` = its ``net`` state_dict.
+
+    TorchScript's state_dict also lists non-persistent buffers (the input remap's constants of
+    googlenet / efficientnet_lite0), which the eager module recomputes: those keys are dropped,
+    everything else must match (:class:`IncompatibleModelError` otherwise).
+    """
+    from posenet_ros.model import build_posenet  # torchvision: only when needed
+
+    net = build_posenet(backbone).eval()
+    own = net.state_dict()
+    try:
+        net.load_state_dict({k: v for k, v in state.items() if k in own})
+    except RuntimeError as exc:
+        raise IncompatibleModelError(f'{path}: its weights do not fit a {backbone} '
+                                     f'PoseNet of this posenet_ros ({exc}); re-export it') from exc
+    extra = sorted(set(state) - set(own))
+    if any(not k.endswith(('remap.scale', 'remap.shift')) for k in extra):
+        raise IncompatibleModelError(f'{path}: unexpected weights {extra[:3]} for a '
+                                     f'{backbone} PoseNet; re-export it with posenet-ros train')
+    return net
 
 
 def load_file(path: str | os.PathLike, device: str | torch.device = 'cpu'):

@@ -7,8 +7,8 @@ of ``.ts`` exports (:class:`~posenet_ros.relocalizer.Relocalizer`, hence the nod
 unchanged; it runs on the CPU only (``torch.backends.quantized`` kernels), which the loader
 enforces with a clear error.
 
-How: the eager PoseNet is rebuilt from the fp32 export (``build_posenet(backbone)`` plus the
-export's ``net`` state_dict), quantized with ``torch.ao.quantization.quantize_fx``
+How: the eager PoseNet is rebuilt from the fp32 export's ``net`` state_dict
+(:func:`~posenet_ros.export.eager_network`), quantized with ``torch.ao.quantization.quantize_fx``
 (``prepare_fx`` / ``convert_fx``, ``get_default_qconfig_mapping('x86')``: per-channel symmetric
 int8 weights, per-tensor affine uint8 activations with histogram observers), calibrated on
 dataset frames preprocessed by the export's own ``preprocess`` submodule, traced, wrapped in the
@@ -50,6 +50,7 @@ from posenet_ros.errors import (
 )
 from posenet_ros.export import (
     ExportedPoseNet,
+    eager_network,
     git_sha,
     load_file,
     model_id_of,
@@ -316,26 +317,6 @@ def _load_fp32(model_path: Path):
     return module, meta, state
 
 
-def _rebuild(build_posenet, backbone: str, state: dict, model_path: Path) -> nn.Module:
-    """The eager PoseNet with the export's weights (the scripted ``net`` state_dict).
-
-    TorchScript's state_dict also lists non-persistent buffers (the input remap's constants),
-    which the eager module recomputes: those keys are dropped, everything else must match.
-    """
-    net = build_posenet(backbone).eval()
-    own = net.state_dict()
-    try:
-        net.load_state_dict({k: v for k, v in state.items() if k in own})
-    except RuntimeError as exc:
-        raise IncompatibleModelError(f'{model_path}: its weights do not fit a {backbone} '
-                                     f'PoseNet of this posenet_ros ({exc}); re-export it') from exc
-    extra = sorted(set(state) - set(own))
-    if any(not k.endswith(('remap.scale', 'remap.shift')) for k in extra):
-        raise IncompatibleModelError(f'{model_path}: unexpected weights {extra[:3]} for a '
-                                     f'{backbone} PoseNet; re-export it with posenet-ros train')
-    return net
-
-
 def quantize_export(model_path: str | Path, calibration, out_path: str | Path | None = None, *,
                     split: str = 'train', frames: int = DEFAULT_FRAMES, fp32_head: bool = False,
                     engine: str = ENGINE, progress: Callable[[str], None] | None = None,
@@ -346,8 +327,6 @@ def quantize_export(model_path: str | Path, calibration, out_path: str | Path | 
     evenly spaced frames of ``split`` are used) or a sequence of uint8 RGB ``(H, W, 3)`` frames.
     ``out_path`` defaults to ``<name>.int8.ts`` beside the input. Written atomically.
     """
-    from posenet_ros.model import build_posenet
-
     say = progress or (lambda _msg: None)
     model_path = Path(model_path)
     module, meta, state = _load_fp32(model_path)
@@ -367,7 +346,7 @@ def quantize_export(model_path: str | Path, calibration, out_path: str | Path | 
     backbone = str(meta['backbone'])
     inp = meta['input']
     resize, crop = int(inp['resize']), int(inp['crop'])
-    net = _rebuild(build_posenet, backbone, state, model_path)
+    net = eager_network(state, backbone, model_path)
     say(f'calibrating {backbone} on {len(images)} frames ({crop}x{crop} crops, {engine} engine)')
     calib = _batches(_preprocess(module, images))
     qnet = quantize_network(net, calib, crop, fp32_head=fp32_head, engine=engine)

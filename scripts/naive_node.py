@@ -30,8 +30,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from torchvision import transforms
 
-from posenet_ros.export import load_file
-from posenet_ros.model import build_posenet
+from posenet_ros.export import eager_network, load_file
 
 
 def imgmsg_to_cv2_bgr8(msg) -> np.ndarray:
@@ -51,13 +50,8 @@ class NaiveNode(Node):
         torch.set_num_threads(threads)
         self.device = torch.device(device)
         scripted, meta = load_file(model_path, 'cpu')
-        self.model = build_posenet(meta['backbone']).eval()
-        # TorchScript's state_dict also lists non-persistent buffers (the input remap constants
-        # of googlenet / efficientnet_lite0); keep the eager model's keys, strict for the rest.
-        wanted = self.model.state_dict().keys()
-        self.model.load_state_dict({k: v for k, v in scripted.net.state_dict().items()
-                                    if k in wanted})
-        self.model.to(self.device)
+        self.model = eager_network(scripted.net.state_dict(), meta['backbone'],
+                                   model_path).to(self.device)
         pn = meta['position_normalization']
         self.pos_mean = np.asarray(pn['mean'])
         self.pos_scale = float(pn['scale'])
