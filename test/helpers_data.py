@@ -104,6 +104,37 @@ def render_tiny_scene(tmp_path, n_train: int = 8, n_test: int = 4, width: int = 
     return write_dataset(Path(tmp_path) / 'synth', cfg, progress=False)
 
 
+def render_segment_scene(tmp_path, n: int = 72, test_every: int = 6, width: int = 96,
+                         height: int = 72, seed: int = 0) -> Path:
+    """A manifest dataset of ``n`` consecutive views of one lap, every ``test_every``-th held out.
+
+    The held-out views lie between training views (~3.6 deg and ~0.1 m apart, as in the SfM
+    test), which a few seconds of training learn reliably on any CPU. :func:`render_tiny_scene`
+    instead holds out other laps (-25 / +25 deg of heading from the nearest training lap): a
+    generalisation test for which a tiny model's result depends on the kernels' rounding.
+    """
+    from posenet_ros import synthetic as syn
+    from posenet_ros.datasets.manifest import write_manifest
+    from posenet_ros.datasets.types import PoseSample
+
+    cfg = syn.SceneConfig(seed=seed, width=width, height=height,
+                          fx=width / 2 / np.tan(np.pi / 6))
+    scene, K = syn.make_scene(seed), cfg.K()
+    out = Path(tmp_path) / 'segment'
+    samples = []
+    for i, (p, q) in enumerate(syn.trajectory('train', 300, seed)[:n]):
+        path = write_png(out / 'images' / f'{i:05d}.png',
+                         syn.render(scene, p, q, K, width, height))
+        split = 'test' if i % test_every == test_every // 2 else 'train'
+        samples.append(PoseSample(position=p, quaternion=q, split=split, image_path=path,
+                                  stamp=cfg.start_time + i / cfg.rate, intrinsics=K))
+    write_manifest(out, samples, info={
+        'format': 'posenet_ros-manifest', 'version': 1, 'source': 'synthetic',
+        'frames': {'map_frame': cfg.map_frame, 'camera_frame': cfg.camera_frame},
+        'synthetic': {'seed': seed, 'segment_of': 'train lap, 300 frames', 'n': n}})
+    return out
+
+
 def motion(t: float):
     """Smooth known motion for bag tests: T_map_cam(t).
 

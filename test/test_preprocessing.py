@@ -38,6 +38,21 @@ def _preprocess(img: np.ndarray, resize=256, crop=224) -> np.ndarray:
     return out[0].numpy()
 
 
+ONE_LEVEL = 1.0 / 255.0 / min(IMAGENET_STD)  # one uint8 grey level after normalisation
+
+
+def assert_same_up_to_uint8_rounding(ours, ref):
+    """Equal to torchvision's uint8 resize, up to one grey level on a minority of pixels.
+
+    With AVX2 both run the same vectorised uint8 kernel and agree to float precision; on a CPU
+    without it (``ATEN_CPU_CAPABILITY=default``) the generic kernels round ~17-19 % of the
+    values of these frames one grey level apart.
+    """
+    diff = np.abs(np.asarray(ours) - np.asarray(ref))
+    assert diff.max() <= ONE_LEVEL + 1e-5, diff.max()
+    assert (diff > 1e-4).mean() < 0.3, (diff > 1e-4).mean()
+
+
 def test_matches_torchvision_v2_resize_centercrop_normalize(photo):
     # torchvision on the uint8 image: same filter (bilinear + antialias, uint8 kernel on the CPU
     # like ours), same crop offsets here (300x256 -> 224: offsets 38 and 16 are exact).
@@ -45,12 +60,11 @@ def test_matches_torchvision_v2_resize_centercrop_normalize(photo):
     ref = T.Compose([T.Resize(256, antialias=True), T.CenterCrop(224),
                      T.ToDtype(torch.float32, scale=True),
                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(x).numpy()
-    np.testing.assert_allclose(_preprocess(photo), ref, atol=1e-4)
+    assert_same_up_to_uint8_rounding(_preprocess(photo), ref)
     # The float pipeline (what CUDA runs) differs only by uint8 rounding: <= 1 grey level.
     ref_float = T.Compose([T.Resize(256, antialias=True), T.CenterCrop(224),
                            T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(x.float() / 255.0).numpy()
-    one_level = 1.0 / 255.0 / min(IMAGENET_STD)
-    assert np.abs(_preprocess(photo) - ref_float).max() <= one_level + 1e-5
+    assert np.abs(_preprocess(photo) - ref_float).max() <= ONE_LEVEL + 1e-5
 
 
 def test_close_to_opencv_inter_area(photo):
@@ -76,7 +90,7 @@ def test_landscape_upscale_and_resized_size():
     ref = T.Compose([T.Resize(64, antialias=True), T.CenterCrop(60),
                      T.ToDtype(torch.float32, scale=True),
                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(x)
-    torch.testing.assert_close(out[0], ref, atol=1e-4, rtol=0)
+    assert_same_up_to_uint8_rounding(out[0].numpy(), ref.numpy())
 
 
 def test_uint8_cache_then_preprocess_matches_full_frame(photo):

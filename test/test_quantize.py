@@ -12,7 +12,8 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from helpers_data import render_tiny_scene
+from helpers_data import render_segment_scene
+from helpers_learning import SABOTAGE, SEED, THREADS, check_below, sabotage_labels
 from helpers_model import (
     make_tiny_export,
     one_torch_thread,  # noqa: F401 (autouse: one torch thread)
@@ -20,6 +21,7 @@ from helpers_model import (
     sample_image_rgb,
 )
 
+from posenet_ros.baselines import mean_pose
 from posenet_ros.config import load_config
 from posenet_ros.datasets import load_dataset, load_image
 from posenet_ros.errors import (
@@ -47,21 +49,53 @@ from posenet_ros.train import train
 # torch.jit.* emit FutureWarning deprecation notices in torch 2.14; TorchScript is still needed
 pytestmark = pytest.mark.filterwarnings('ignore:.*torch.jit.*:FutureWarning')
 CROP = 48
+N_CALIBRATION = 24
+# Bounds of test_int8_stays_close_to_fp32, as fractions of the mean pose's error: fp32 error,
+# int8 - fp32 difference in position and in rotation, int8 error. Worst cases measured over
+# seeds 0-2 x 4 CPU kernel paths: 0.106, 0.339, 0.193, 0.351 (docs/testing.md).
+BOUNDS = (0.2, 0.55, 0.35, 0.6)
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-    """A Lite0 model that learned the tiny scene, its int8 copy and the held-out frames."""
+    """A Lite0 model that learned a lap segment, its int8 copy and the held-out frames.
+
+    The recipe learns reliably on any CPU kernel path (``helpers_learning``; margins in
+    :func:`test_int8_stays_close_to_fp32`): views between training views, pretrained
+    BatchNorm statistics kept (``freeze_bn``), centre crops and the learned loss weighting.
+    No validation split: the export is the last epoch, so no test frame selects the model.
+    """
     root = tmp_path_factory.mktemp('quantize')
-    ds = render_tiny_scene(root, n_train=48, n_test=12, width=96, height=72)
+    ds = sabotage_labels(render_segment_scene(root, seed=SEED))
     cfg = load_config(None, dict(
-        dataset=str(ds), backbone='efficientnet_lite0', pretrained='imagenet', resize=54,
-        crop=CROP, loss='beta', beta=4.0, dropout=0.0, lr=2e-3, warmup_epochs=1, epochs=12,
-        batch_size=8, num_threads=1, progress=False, run_dir=str(root / 'run'),
-        export_dir=str(root / 'models'), name='scene', export_pt2=False, seed=0))
+        dataset=str(ds), val_split=None, backbone='efficientnet_lite0', pretrained='imagenet',
+        freeze_bn=True, augment=False, resize=54, crop=CROP, loss='learned', s_q_init=-1.0,
+        dropout=0.0, lr=5e-4, warmup_epochs=1, epochs=16, batch_size=8, num_threads=THREADS,
+        progress=False, run_dir=str(root / 'run'), export_dir=str(root / 'models'),
+        name='scene', export_pt2=False, seed=SEED))
     fp32 = train(cfg).export_ts
-    result = quantize_export(fp32, ds, frames=24)
+    source = fp32 if SABOTAGE != 'int8' else _without_pose_regressors(fp32)
+    result = quantize_export(source, ds, frames=N_CALIBRATION)
+    if SABOTAGE == 'int8':
+        result.path = result.path.replace(fp32.with_name('scene.int8.ts'))
     return ds, fp32, result
+
+
+def _without_pose_regressors(path):
+    """POSENET_TEST_SABOTAGE=int8: a copy of the export with zeroed pose-regressor weights.
+
+    Its int8 copy stands for a quantizer that lost the trained weights; the int8-vs-fp32
+    checks must fail on it.
+    """
+    extra = {META_NAME: ''}
+    ts = torch.jit.load(str(path), _extra_files=extra)
+    with torch.no_grad():
+        for name, p in ts.named_parameters():
+            if ('fc_xyz' in name or 'fc_wpqr' in name) and name.endswith('weight'):
+                p.zero_()
+    out = path.with_name('broken.ts')
+    torch.jit.save(ts, str(out), _extra_files=extra)
+    return out
 
 
 def test_int8_export_loads_in_the_relocalizer_and_keeps_the_contract(trained):
@@ -101,29 +135,38 @@ def test_int8_export_loads_in_the_relocalizer_and_keeps_the_contract(trained):
         np.testing.assert_allclose(a.position, b.position, atol=1e-4)
 
 
-def test_int8_stays_close_to_fp32_relative_to_the_models_error(trained):
+@pytest.mark.learning
+def test_int8_stays_close_to_fp32(trained):
+    """The int8 copy of a trained model keeps what the model learned.
+
+    All three checks are relative to the mean training pose's error on the same frames (the
+    scene's scale: what a model that learned nothing scores), so they do not depend on how well
+    this short run trained. Worst cases over seeds, kernel paths and threads, and the sabotaged
+    runs that must fail: ``scripts/learning_spread.py``, numbers in docs/quantization.md.
+    """
     ds, fp32, result = trained
     test = load_dataset(ds, 'test')
     train_s = load_dataset(ds, 'train')
     cmp = compare_models(fp32, result.path, [load_image(test[0])], test, rounds=1)
     true_p = np.stack([s.position for s in test])
     true_q = np.stack([s.quaternion for s in test])
-    mean_p = np.mean([s.position for s in train_s], axis=0)
-    base_t = np.median(np.linalg.norm(true_p - mean_p, axis=1))
+    mp, mq = mean_pose(np.stack([s.position for s in train_s]),
+                       np.stack([s.quaternion for s in train_s]))
+    base_t, base_r = (np.median(e) for e in frame_errors(
+        np.tile(mp, (len(test), 1)), np.tile(mq, (len(test), 1)), true_p, true_q))
     print(f"fp32 {cmp['fp32_median_m']:.3f} m / {cmp['fp32_median_deg']:.1f} deg, int8 "
           f"{cmp['int8_median_m']:.3f} m / {cmp['int8_median_deg']:.1f} deg, diff "
           f"{cmp['diff_median_m']:.3f} m / {cmp['diff_median_deg']:.2f} deg, mean pose "
-          f'{base_t:.3f} m')
-    # The model learned something (else "close to fp32" says nothing): fp32 / mean pose
-    # measured 0.66 / 0.77 / 0.84 with scene and training seeds 0 / 1 / 2 (this test: 0) ...
-    assert cmp['fp32_median_m'] < 0.8 * base_t
-    # ... and int8 moves its predictions by less than the model's own error. Measured with this
-    # config, seeds 0 / 1 / 2: position difference 0.49 / 0.32 / 0.69 x the fp32 error,
-    # rotation 0.56 / 0.42 / 0.21 x, int8 error 1.19 / 1.25 / 1.18 x the fp32 error. Bounds
-    # with margin:
-    assert cmp['diff_median_m'] < 0.8 * cmp['fp32_median_m']
-    assert cmp['diff_median_deg'] < 0.8 * cmp['fp32_median_deg']
-    assert cmp['int8_median_m'] < 1.6 * cmp['fp32_median_m']
+          f'{base_t:.3f} m / {base_r:.1f} deg')
+    # The fp32 model learned the views (else "close to fp32" would say nothing) ...
+    check_below('quantize.fp32_error_vs_mean_pose_m', cmp['fp32_median_m'] / base_t, BOUNDS[0])
+    # ... int8 moves its predictions by a small part of the scene's scale ...
+    check_below('quantize.int8_fp32_difference_vs_mean_pose_m',
+                cmp['diff_median_m'] / base_t, BOUNDS[1])
+    check_below('quantize.int8_fp32_difference_vs_mean_pose_deg',
+                cmp['diff_median_deg'] / base_r, BOUNDS[2])
+    # ... and the int8 model still relocalizes.
+    check_below('quantize.int8_error_vs_mean_pose_m', cmp['int8_median_m'] / base_t, BOUNDS[3])
     assert cmp['n_eval'] == len(test)
     # compare_models measures what the relocalizers predict
     reloc = Relocalizer(result.path)
