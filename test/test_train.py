@@ -223,35 +223,43 @@ def test_training_beats_mean_pose_on_synthetic_scene(tmp_path):
     from posenet_ros.synthetic import SceneConfig, write_dataset
 
     ds = sabotage_labels(write_dataset(tmp_path / 'synth', SceneConfig(
-        seed=SEED, width=120, height=120, fx=60 / np.tan(np.pi / 6), n_train=64, n_test=16),
+        seed=SEED, width=120, height=120, fx=60 / np.tan(np.pi / 6), n_train=128, n_test=48),
         progress=False))
     cfg = load_config(None, dict(
-        dataset=str(ds), backbone='efficientnet_lite0', pretrained='imagenet', resize=64,
-        crop=56, loss='beta', beta=4.0, dropout=0.0, lr=1e-3, warmup_epochs=1, epochs=14,
-        batch_size=8, num_threads=THREADS, progress=False, run_dir=str(tmp_path / 'run'),
-        export_dir=str(tmp_path / 'models'), name='synth', export_pt2=False, seed=SEED))
+        dataset=str(ds), val_split=None, backbone='efficientnet_lite0', pretrained='imagenet',
+        freeze_bn=True, augment=False, resize=64, crop=56, loss='learned', s_q_init=-1.0,
+        dropout=0.0, lr=5e-4, warmup_epochs=1, epochs=14, batch_size=8, num_threads=THREADS,
+        progress=False, run_dir=str(tmp_path / 'run'), export_dir=str(tmp_path / 'models'),
+        name='synth', export_pt2=False, seed=SEED))
     result = train(cfg)
-    check_below('train.final_vs_first_epoch_loss',
-                result.history[-1]['loss'] / result.history[0]['loss'], 0.8)
+    # The learned loss weighting can take the total below zero: check each term's fall.
+    for term in ('l_x', 'l_q'):
+        check_below(f'train.final_vs_first_epoch_{term}',
+                    result.history[-1][term] / result.history[0][term],
+                    {'l_x': 0.4, 'l_q': 0.2}[term])
     train_s, test_s = load_dataset(ds, 'train'), load_dataset(ds, 'test')
     true_p = np.stack([s.position for s in test_s])
     true_q = np.stack([s.quaternion for s in test_s])
     mp, mq = mean_pose(np.stack([s.position for s in train_s]),
                        np.stack([s.quaternion for s in train_s]))
-    base_t, _ = frame_errors(np.tile(mp, (len(test_s), 1)), np.tile(mq, (len(test_s), 1)),
-                             true_p, true_q)
+    base_t, base_r = frame_errors(np.tile(mp, (len(test_s), 1)),
+                                  np.tile(mq, (len(test_s), 1)), true_p, true_q)
     reloc = Relocalizer(result.export_ts)
     preds = reloc.predict_batch(np.stack([load_image(s) for s in test_s]))
     t_err, r_err = frame_errors(np.stack([p.position for p in preds]),
                                 np.stack([p.quaternion_wxyz for p in preds]), true_p, true_q)
-    ratio = np.median(t_err) / np.median(base_t)
+    ratio_t, ratio_r = np.median(t_err) / np.median(base_t), np.median(r_err) / np.median(base_r)
     print(f'model median {np.median(t_err):.2f} m / {np.median(r_err):.1f} deg, mean pose '
-          f'{np.median(base_t):.2f} m, ratio {ratio:.2f}')
-    check_below('train.test_error_vs_mean_pose_m', ratio, 0.6)
+          f'{np.median(base_t):.2f} m / {np.median(base_r):.1f} deg, ratios {ratio_t:.2f} / '
+          f'{ratio_r:.2f}')
+    # Worst of seeds 0-2 x 3 CPU kernel paths: 0.28 / 0.12 (docs/testing.md).
+    check_below('train.test_error_vs_mean_pose_m', ratio_t, 0.45)
+    check_below('train.test_error_vs_mean_pose_deg', ratio_r, 0.25)
     meta = read_metadata(result.export_ts)
-    assert meta['training']['epochs'] == 14 and meta['training']['n_train'] == 64
-    assert meta['training']['val_median_translation_m'] == pytest.approx(
-        result.val_median_translation_m)
+    assert meta['training']['epochs'] == 14 and meta['training']['n_train'] == 128
+    # no validation split: the export is the last epoch, never selected on the test frames
+    assert meta['training']['val_median_translation_m'] is None
+    assert result.val_median_translation_m is None
     assert meta['config']['backbone'] == 'efficientnet_lite0' and meta['config']['crop'] == 56
     assert meta['position_normalization']['scale'] == pytest.approx(result.pos_scale)
     assert meta['frames'] == {'map_frame': 'map', 'camera_frame': 'camera_optical'}
