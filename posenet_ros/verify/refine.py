@@ -101,8 +101,11 @@ class Verification:
 
 
 def _rot_log(R: np.ndarray) -> np.ndarray:
-    rvec, _ = cv2.Rodrigues(R)
-    return rvec.reshape(3)
+    """Rotation vector of R (cv2.Rodrigues returns exactly 0 below ~1e-5 rad: too coarse)."""
+    w = 0.5 * np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    s = np.linalg.norm(w)
+    angle = np.arctan2(s, (np.trace(R) - 1.0) / 2.0)
+    return w if s < 1e-12 else w * (angle / s)
 
 
 def _pose_of(rvec: np.ndarray, tvec: np.ndarray) -> np.ndarray:
