@@ -38,11 +38,16 @@ from posenet_ros.verify.refine import pose_covariance
 from posenet_ros.verify.triangulation import project
 
 N_TRAIN, N_TEST = 80, 24
-# Measured over scene seeds 0-4 (this file's setup): worst verified fraction 1.00, worst median
-# error 0.006 m / 0.07 deg, no wrong verified frame, at most 13 inliers on another scene.
-MIN_VERIFIED = 0.8
-MAX_MEDIAN_T, MAX_MEDIAN_R = 0.02, 0.2  # m, deg
-MAX_SURFACE_MEDIAN, MAX_SURFACE_P90 = 0.02, 0.1  # m, map points to the true surfaces
+# Bounds at ~1.5x the worst of scene seeds 0-4 in this file's setup (coarse pose = truth moved
+# 0.5 m and turned 10 deg): every test frame verified (the bound allows 10 % unverified), worst
+# median error 0.0066 m / 0.066 deg, no wrong verified frame, map points 0.010 m (median) /
+# 0.047 m (p90) from the true surfaces, at most 11 inliers on another scene.
+MIN_VERIFIED = 0.9
+MAX_MEDIAN_T, MAX_MEDIAN_R = 0.01, 0.1  # m, deg
+MAX_SURFACE_MEDIAN, MAX_SURFACE_P90 = 0.015, 0.07  # m, map points to the true surfaces
+# The briefly trained model (4 epochs, coarse median 3.4-4.2 m) over seeds 0-4: worst 83 %
+# verified (1.5x the unverified 17 % -> 75 %), worst median error 0.011 m, none wrong.
+MIN_VERIFIED_TRAINED, MAX_MEDIAN_T_TRAINED = 0.75, 0.017
 WRONG = (0.25, 2.0)  # a verified pose farther than this is wrong (m, deg)
 
 
@@ -252,6 +257,8 @@ def test_too_few_frames_fail_with_advice(scene, tmp_path, frames, message):
     with pytest.raises(MapBuildError, match=message):
         build_map(model, tmp_path / 'few.map.npz', dataset=folder, progress=False)
     assert not (tmp_path / 'few.map.npz').exists()
+    with pytest.raises(MapBuildError, match='pass --dataset'):  # none recorded in the export
+        build_map(model, tmp_path / 'few.map.npz', progress=False)
     with pytest.raises(EmptySplitError, match='no samples'):  # an empty dataset/split
         build_map(model, tmp_path / 'few.map.npz', dataset=folder, split='test',
                   progress=False)
@@ -292,9 +299,10 @@ def trained(tmp_path_factory):
                        {'dataset': str(ds), 'run_dir': str(root / 'run'), 'name': 'trained',
                         'export_dir': str(root), 'epochs': 4, 'resize': 64, 'crop': 56,
                         'num_threads': 1, 'export_pt2': False, 'progress': False,
-                        'val_every': 100, 'cache_dir': str(root / 'cache')})
-    model = Path(train(tcfg).export_ts)
-    assert cli_main(['map', '--model', str(model), '--quiet']) == 0  # dataset from the export
+                        'val_every': 100, 'cache_dir': str(root / 'cache'), 'map': True})
+    result = train(tcfg)  # --map: the map is built after the export
+    model = Path(result.export_ts)
+    assert result.map_path == default_map_path(model) and result.map_path.is_file()
     return root, ds, model
 
 
@@ -311,9 +319,9 @@ def test_evaluate_with_map_reports_coarse_and_refined_with_a_trained_model(train
     ver = summary['verification']
     assert set(summary['methods']) == {'posenet', 'refined'}
     assert ver['n_frames'] == N_TEST
-    assert ver['verified_fraction'] >= MIN_VERIFIED
+    assert ver['verified_fraction'] >= MIN_VERIFIED_TRAINED
     assert ver['n_wrong_verified'] == 0
-    assert ver['verified_median_t_m'] <= MAX_MEDIAN_T
+    assert ver['verified_median_t_m'] <= MAX_MEDIAN_T_TRAINED
     assert ver['verified_median_t_m'] < ver['coarse_median_t_m_on_verified']
     assert set(ver['ms']) == {'features', 'matching', 'pnp', 'total'}
     assert (out / 'cdf.png').stat().st_size > 0

@@ -238,14 +238,17 @@ class MapLocalizer:
         t0 = time.perf_counter()
         cand = self.candidates(position, quaternion_wxyz, global_feature)
         qd = matcher_descriptors(q.desc, self.kind)
-        pairs = []
-        for f in cand:
-            m = match_descriptors(qd, self._frame_desc(f), self.kind, c.ratio, mutual=True)
-            if len(m):
-                pts = self.map.obs_point[self.map.frame_slice(f)][m[:, 1]]
-                pairs.append(np.stack([m[:, 0], pts], axis=1))
-        corr = (np.unique(np.concatenate(pairs), axis=0) if pairs
-                else np.zeros((0, 2), np.int64))
+        rows = np.concatenate([np.arange(self.map.frame_offsets[f], self.map.frame_offsets[f + 1])
+                               for f in cand]) if cand else np.zeros(0, np.int64)
+        corr = np.zeros((0, 2), np.int64)
+        if len(rows) >= 2:
+            db = np.concatenate([self._frame_desc(f) for f in cand])
+            pid = self.map.obs_point[rows]
+            # one product against every candidate observation; the ratio test's second
+            # neighbour must be another 3D point (a point seen in several candidates is not
+            # ambiguous with itself)
+            m = match_descriptors(qd, db, self.kind, c.ratio, mutual=True, labels2=pid)
+            corr = np.unique(np.stack([m[:, 0], pid[m[:, 1]]], axis=1), axis=0)
         ms['matching'] = (time.perf_counter() - t0) * 1e3
         n_m = len(corr)
         if n_m < c.min_matches:
