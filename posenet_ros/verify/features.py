@@ -16,7 +16,7 @@ import numpy as np
 from posenet_ros.errors import ConfigError
 
 __all__ = ['FEATURE_KINDS', 'LocalFeatures', 'extract_features', 'match_descriptors',
-           'matcher_descriptors', 'distance_matrix']
+           'matcher_descriptors']
 
 #: ``sift``: OpenCV SIFT, RootSIFT matching (default, accurate). ``orb``: OpenCV ORB, Hamming
 #: matching (several times faster to extract, fewer verified frames).
@@ -70,27 +70,41 @@ def extract_features(rgb: np.ndarray, kind: str = 'sift',
 
 
 def matcher_descriptors(desc: np.ndarray, kind: str) -> np.ndarray:
-    """Descriptors as float32 rows the matcher compares with one matrix product.
+    """Descriptors in the form the matcher compares: RootSIFT float32 rows, or ORB's bytes.
 
-    SIFT -> RootSIFT (Arandjelovic & Zisserman 2012: L1-normalise, square root; unit L2 norm,
-    so ``|a - b|^2 = 2 - 2 a.b``). ORB -> its 256 bits as 0/1 floats (Hamming distance
-    ``|a| + |b| - 2 a.b``). A BLAS matrix product is several times faster than
-    ``cv2.BFMatcher`` plus Python loops over its matches.
+    RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise, square root; rows have unit L2
+    norm, so ``|a - b|^2 = 2 - 2 a.b`` and one BLAS matrix product gives every distance
+    (several times faster than ``cv2.BFMatcher`` plus Python loops over its matches).
     """
     if kind == 'orb':
-        return np.unpackbits(np.ascontiguousarray(desc, dtype=np.uint8), axis=1).astype(
-            np.float32)
+        return np.ascontiguousarray(desc, dtype=np.uint8)
     d = np.asarray(desc, dtype=np.float32)
     d = d / np.maximum(d.sum(axis=1, keepdims=True), 1e-6)
     return np.sqrt(d)
 
 
-def distance_matrix(a: np.ndarray, b: np.ndarray, kind: str) -> np.ndarray:
-    """Distances (N, M) between matcher descriptors: L2 (RootSIFT) or Hamming bits (ORB)."""
-    dot = a @ b.T
+def _knn(d1: np.ndarray, d2: np.ndarray, kind: str, k: int):
+    """``(idx (N, k), dist (N, k))`` sorted nearest first, and the nearest d1 row of each d2 row.
+
+    SIFT: one matrix product. ORB: OpenCV's Hamming brute force (popcount on the bytes).
+    """
     if kind == 'orb':
-        return a.sum(axis=1)[:, None] + b.sum(axis=1)[None, :] - 2.0 * dot
-    return np.sqrt(np.maximum(2.0 - 2.0 * dot, 0.0))
+        bf = cv2.BFMatcher(cv2.NORM_HAMMING)
+        knn = bf.knnMatch(d1, d2, k=k)
+        idx = np.zeros((len(d1), k), np.int64)
+        dist = np.full((len(d1), k), np.inf, np.float32)
+        for i, row in enumerate(knn):
+            for j, m in enumerate(row):
+                idx[i, j], dist[i, j] = m.trainIdx, m.distance
+        back = np.array([m.trainIdx for m in bf.match(d2, d1)], np.int64)
+        return idx, dist, back
+    sim = d1 @ d2.T  # unit rows: distance = sqrt(2 - 2 sim)
+    top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    top_s = np.take_along_axis(sim, top, axis=1)
+    order = np.argsort(-top_s, axis=1, kind='stable')
+    top = np.take_along_axis(top, order, axis=1)
+    dist = np.sqrt(np.maximum(2.0 - 2.0 * np.take_along_axis(top_s, order, axis=1), 0.0))
+    return top, dist, np.argmax(sim, axis=0)
 
 
 def match_descriptors(d1: np.ndarray, d2: np.ndarray, kind: str, ratio: float = 0.8,
@@ -105,22 +119,18 @@ def match_descriptors(d1: np.ndarray, d2: np.ndarray, kind: str, ratio: float = 
     n1, n2 = len(d1), len(d2)
     if n1 < 1 or n2 < 2:
         return np.zeros((0, 2), np.int64)
-    dist = distance_matrix(d1, d2, kind)
     k = min(8 if labels2 is not None else 2, n2)
-    top = np.argpartition(dist, k - 1, axis=1)[:, :k]
-    top_d = np.take_along_axis(dist, top, axis=1)
-    order = np.argsort(top_d, axis=1, kind='stable')
-    top, top_d = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_d, order, axis=1)
+    top, top_d, back = _knn(d1, d2, kind, k)
     best, best_d = top[:, 0], top_d[:, 0]
     if labels2 is None:
         second_d = top_d[:, 1]
     else:
         lab = np.asarray(labels2)[top]
-        other = lab != lab[:, :1]
+        other = (lab != lab[:, :1]) & np.isfinite(top_d)
         has = other.any(axis=1)
         second_d = np.where(has, top_d[np.arange(n1), other.argmax(axis=1)], np.inf)
-    keep = best_d < ratio * second_d
+    keep = np.isfinite(best_d) & (best_d < ratio * second_d)
     if mutual:
-        keep &= np.argmin(dist, axis=0)[best] == np.arange(n1)
+        keep &= back[best] == np.arange(n1)
     i = np.flatnonzero(keep)
     return np.stack([i, best[i]], axis=1).astype(np.int64)
