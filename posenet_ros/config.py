@@ -33,7 +33,7 @@ BEST_METRICS = ('translation', 'rotation')
 #: Keys that may differ between a checkpoint and the run that resumes it (they do not change
 #: the training trajectory, or - ``epochs`` - extend it). Every other key must match.
 RESUME_MAY_DIFFER = frozenset({
-    'epochs', 'resume', 'run_dir', 'export_dir', 'name', 'export', 'export_pt2', 'cache',
+    'epochs', 'resume', 'run_dir', 'export_dir', 'name', 'export', 'export_pt2', 'map', 'cache',
     'cache_dir', 'progress', 'num_threads', 'device', 'val_every', 'map_frame', 'camera_frame',
     'dataset',
 })
@@ -91,6 +91,8 @@ HELP = {
     'export_dir': 'folder the exported model is written to',
     'export': 'export the best model (TorchScript .ts) at the end',
     'export_pt2': 'also export a torch.export .pt2 next to the .ts',
+    'map': 'after exporting, build the scene map that verifies poses (posenet-ros map) '
+           'from the training frames, beside the export',
     'map_frame': "map frame stored in the export (null: the dataset's, else 'map')",
     'camera_frame': "camera frame stored in the export (null: the dataset's, else "
                     "'camera_optical')",
@@ -155,6 +157,7 @@ class TrainConfig:
     export_dir: str = 'models'
     export: bool = True
     export_pt2: bool = True
+    map: bool = False
     map_frame: str | None = None
     camera_frame: str | None = None
     resume: str | None = None

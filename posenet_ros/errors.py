@@ -122,3 +122,32 @@ class EvaluationError(PoseNetError):
 
 class TrajectoryFormatError(EvaluationError, ValueError):
     """A TUM trajectory file is malformed; the message names the file and line."""
+
+
+# --- scene maps (geometric verification) -----------------------------------------------------
+class MapError(PoseNetError):
+    """A scene map (``posenet-ros map``) cannot be built, read or used."""
+
+
+class MapNotFoundError(MapError, FileNotFoundError):
+    """The map file does not exist."""
+
+
+class CorruptMapError(MapError):
+    """The map file exists but cannot be read (truncated, not a map, missing arrays)."""
+
+
+class IncompatibleMapError(MapError):
+    """The map file is from an unsupported format version or feature type."""
+
+
+class MapMismatchError(MapError):
+    """The map was built for another model (model id) than the one it is used with."""
+
+
+class MissingIntrinsicsError(MapError):
+    """Frames have no camera intrinsics; the message says how to supply them."""
+
+
+class MapBuildError(MapError):
+    """Mapping failed (no frames, too few matches or triangulated points); says what to try."""

@@ -11,6 +11,13 @@ One typed function, :func:`evaluate`, and a thin CLI, :func:`main`. A report fol
 * ``cdf.png`` (paper Fig. 7), ``map.png`` (Fig. 4), ``errors_over_time.png``;
 * ``prediction.tum`` / ``ground_truth.tum`` - TUM trajectories for ``evo_ape tum``.
 
+With a scene map (``map_path``, ``--map``), every frame is also verified and refined
+(``posenet_ros.verify``, the same code path as the node): the method ``refined`` holds the
+refined pose of verified frames (other frames count as failures), ``frames.csv`` gets the
+status/inliers/ms of each frame, and ``summary.json`` a ``verification`` section: verified
+fraction, median error of verified frames, how often a verified pose is wrong (> 0.25 m or
+> 2 deg), and the refinement's ms per stage (p50/p95).
+
 Baselines (``posenet_ros.baselines``) run on the very same frames: the mean training pose and
 the nearest training frame in feature space. Dense evaluation (``dense=N``, the paper's Dense
 PoseNet) averages the predictions of N crops spread over the resized frame; its cost is
@@ -46,6 +53,10 @@ __all__ = [
 ]
 
 MODEL_METHOD = 'posenet'
+REFINED_METHOD = 'refined'
+# A verified pose farther than this from the truth is counted as wrong.
+WRONG_VERIFIED = (0.25, 2.0)  # metres, degrees
+STATUS_CODE = {'rejected': 0, 'unverified': 1, 'verified': 2}
 
 
 @dataclass
@@ -225,6 +236,22 @@ def format_markdown(summary: dict) -> str:
     for name, d in summary.get('descriptions', {}).items():
         if d:
             lines.append(f'- **{name}**: {d}')
+    ver = summary.get('verification')
+    if ver:
+        lines += ['', '## Verification against the scene map', '',
+                  f'- map `{ver["map"]}`: {ver["n_verified"]} of {ver["n_frames"]} frames '
+                  f'verified ({100 * ver["verified_fraction"]:.1f} %), {ver["n_unverified"]} '
+                  f'unverified, {ver["n_rejected"]} rejected',
+                  f'- verified frames: median error {_fmt(ver["verified_median_t_m"], 4)} m / '
+                  f'{_fmt(ver["verified_median_r_deg"], 3)} deg (coarse on the same frames '
+                  f'{_fmt(ver["coarse_median_t_m_on_verified"], 3)} m / '
+                  f'{_fmt(ver["coarse_median_r_deg_on_verified"], 2)} deg)',
+                  f'- wrong verified (> {WRONG_VERIFIED[0]} m or > {WRONG_VERIFIED[1]} deg): '
+                  f'{ver["n_wrong_verified"]} ({100 * ver["wrong_verified_fraction"]:.2f} % of '
+                  'verified)',
+                  '- refinement ms p50/p95: ' + ', '.join(
+                      f'{k} {_fmt(v["p50"], 1)}/{_fmt(v["p95"], 1)}'
+                      for k, v in ver['ms'].items())]
     for note in summary.get('notes', []):
         lines.append(f'- note: {note}')
     if summary.get('files'):
@@ -400,7 +427,7 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
              tf: tuple[str, str] | None = None, max_gap: float = 0.1, dense: int = 0,
              train_dataset=None, baselines: bool = True, nn_features: str = 'auto',
              device: str = 'cpu', limit: int | None = None, progress: bool = True,
-             title: str | None = None) -> dict:
+             title: str | None = None, map_path=None, verifier_config=None) -> dict:
     """Evaluate the export ``model`` on a dataset split or a bag; report to ``out_dir``.
 
     Returns the summary (see the module docstring for the files written).
@@ -410,6 +437,8 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
     poses are interpolated within ``max_gap`` s). ``dense`` > 0 adds the average of that many
     crops per frame. Baselines use ``train_dataset``, else the dataset's train split, else the
     training set recorded in the model's metadata. ``limit`` evaluates only the first frames.
+    ``map_path``: verify and refine every frame against this scene map (``posenet-ros map``);
+    frames without intrinsics use the map's.
     """
     from tqdm import tqdm
 
@@ -433,6 +462,7 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
     rows: list[tuple] = []
     dense_rows: list[tuple] = []
     feats: list[np.ndarray] = []
+    verifications: list = []
     try:
         bar = tqdm(samples, total=total if limit is None else min(total or limit, limit),
                    desc='evaluate', unit='frame', disable=not progress)
@@ -445,11 +475,15 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
                     model, device, baselines, dataset, split, train_dataset, nn_features, notes)
                 resize, crop = int(meta['input']['resize']), int(meta['input']['crop'])
                 _warm_up(reloc, frame, resize, crop, dense)
+                if map_path is not None:
+                    reloc.attach_map(map_path, verifier_config)
             names.append(s.name or f'{k:06d}')
             stamps.append(math.nan if s.stamp is None else float(s.stamp))
             tpos.append(s.position)
             tquat.append(s.quaternion)
             rows.append(_predict_one(reloc, frame))
+            if map_path is not None:
+                verifications.append(_verify_one(reloc, frame, s, rows[-1]))
             if dense:
                 dense_rows.append(_predict_dense(reloc, frame, resize, crop, dense))
             if extractor is not None:
@@ -488,6 +522,9 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
                 d.positions[i], d.quaternions[i] = p, q
         methods[f'{MODEL_METHOD}_dense{dense}'] = d
         m.extra['dense_ms'] = d.ms
+    extra = {}
+    if map_path is not None:
+        extra['verification'] = _add_refined(methods, m, verifications, gt, map_path)
     if train:
         _add_baselines(methods, train, extractor, feats, n, progress, train_src)
 
@@ -504,7 +541,6 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
         source.update({'dataset': str(dataset), 'split': split})
     if train_src:
         source['baseline_training_set'] = f'{train_src} ({len(train)} frames)'
-    extra = {}
     if dense:
         single = np.nanmedian(m.ms)
         dms = np.nanmedian(methods[f'{MODEL_METHOD}_dense{dense}'].ms)
@@ -517,6 +553,60 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
     return write_report(out_dir, gt, methods, title=title or f'Evaluation of {Path(model).name}',
                         source=source, train_positions=train_pos, notes=notes,
                         extra_summary=extra)
+
+
+def _verify_one(reloc, frame: np.ndarray, sample, row):
+    """Verification of one frame against the attached map, seeded with its coarse pose."""
+    pos, quat = row[0], row[1]
+    return reloc.localizer.localize(frame, sample.intrinsics, pos, quat,
+                                    reloc.global_feature(frame))
+
+
+def _add_refined(methods, coarse: MethodResult, vers: list, gt: GroundTruth, map_path) -> dict:
+    """Add the ``refined`` method and per-frame columns; return the verification summary."""
+    n = len(vers)
+    r = MethodResult.empty(n, 'refined pose of frames verified against the scene map '
+                              f'{Path(map_path).name} (other frames count as failures)')
+    for i, v in enumerate(vers):
+        r.ms[i] = v.ms.get('total', math.nan)
+        if v.verified:
+            r.valid[i] = True
+            r.positions[i], r.quaternions[i] = v.position, v.quaternion_wxyz
+    methods[REFINED_METHOD] = r
+    coarse.extra['ver_status'] = np.array([STATUS_CODE[v.status] for v in vers], float)
+    coarse.extra['ver_inliers'] = np.array([v.n_inliers for v in vers], float)
+    coarse.extra['ver_ms'] = r.ms.copy()
+    t_err, r_err = frame_errors(r.positions, r.quaternions, gt.positions, gt.quaternions,
+                                r.valid)
+    ct, cr = frame_errors(coarse.positions, coarse.quaternions, gt.positions, gt.quaternions,
+                          coarse.valid)
+    ok = r.valid
+    wrong = ok & ((t_err > WRONG_VERIFIED[0]) | (r_err > WRONG_VERIFIED[1]))
+    n_ok = int(ok.sum())
+
+    def med(a):
+        return float(np.median(a)) if len(a) else math.nan
+
+    stages = {}
+    for k in ('features', 'matching', 'pnp', 'total'):
+        vals = np.array([v.ms.get(k, math.nan) for v in vers], float)
+        vals = vals[np.isfinite(vals)]
+        stages[k] = {'p50': float(np.percentile(vals, 50)) if len(vals) else math.nan,
+                     'p95': float(np.percentile(vals, 95)) if len(vals) else math.nan}
+    statuses = [v.status for v in vers]
+    return {
+        'map': str(map_path), 'n_frames': n, 'n_verified': n_ok,
+        'n_unverified': statuses.count('unverified'), 'n_rejected': statuses.count('rejected'),
+        'verified_fraction': n_ok / n if n else math.nan,
+        'verified_median_t_m': med(t_err[ok]), 'verified_median_r_deg': med(r_err[ok]),
+        'coarse_median_t_m_on_verified': med(ct[ok]),
+        'coarse_median_r_deg_on_verified': med(cr[ok]),
+        'wrong_threshold': {'m': WRONG_VERIFIED[0], 'deg': WRONG_VERIFIED[1]},
+        'n_wrong_verified': int(wrong.sum()),
+        'wrong_verified_fraction': float(wrong.sum() / n_ok) if n_ok else 0.0,
+        'median_inliers_verified': med(np.array([v.n_inliers for v in vers])[ok]),
+        'ms': stages,
+    }
 
 
 def _setup_model(model, device, baselines, dataset, split, train_dataset, nn_features, notes):
@@ -600,6 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "network's own features, else ImageNet EfficientNet-Lite0)")
     ap.add_argument('--device', default='cpu', help="torch device, e.g. 'cpu' or 'cuda'")
     ap.add_argument('--limit', type=int, help='evaluate only the first N frames')
+    ap.add_argument('--map', type=Path, dest='map_path',
+                    help="scene map of the model ('posenet-ros map'): also verify and refine "
+                         'every frame and report coarse and refined side by side')
     ap.add_argument('--live', action='store_true',
                     help='play the bag into a live relocalization node (started here) and '
                          'evaluate its published poses, with end-to-end latency')
@@ -626,6 +719,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.live:
         if args.bag is None:
             raise EvaluationError('--live needs --bag (the node is fed by replaying a bag)')
+        if args.map_path is not None:
+            raise EvaluationError('--map is offline only for now (the node does not verify '
+                                  'yet); drop --live to verify offline')
         from posenet_ros.node.live_eval import live_evaluate
 
         summary = live_evaluate(args.model, args.bag, args.out, image_topic=args.image_topic,
@@ -642,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
                            max_gap=args.max_gap, dense=args.dense,
                            train_dataset=args.train_dataset, baselines=not args.no_baselines,
                            nn_features=args.nn_features, device=args.device, limit=args.limit,
-                           progress=not args.quiet)
+                           progress=not args.quiet, map_path=args.map_path)
     print(format_markdown(summary))
     print(f'report written to {args.out}')
     return 0

@@ -4,6 +4,13 @@
 >>> pred = reloc.predict(rgb_uint8_hxwx3)
 >>> pred.position, pred.quaternion_wxyz   # T_map_cam: camera centre, camera-to-map rotation
 
+With a scene map (``posenet-ros map``), :meth:`Relocalizer.relocalize` also verifies and refines
+the pose (see ``posenet_ros.verify`` and ``docs/verification.md``):
+
+>>> reloc = Relocalizer('models/scene.ts', scene_map='models/scene.map.npz')
+>>> result = reloc.relocalize(rgb_uint8_hxwx3, K)   # K: 3x3 intrinsics of this frame
+>>> result.coarse.position, result.verification.status, result.verification.position
+
 Command line: ``posenet-ros predict MODEL IMAGE... [--device cpu]`` prints one line per image.
 """
 
@@ -29,7 +36,7 @@ from posenet_ros.errors import (
 )
 from posenet_ros.export import OUTPUT_COLUMNS, load_file, quantization_of, read_metadata
 
-__all__ = ['Prediction', 'Relocalizer', 'resolve_device', 'main']
+__all__ = ['Prediction', 'Relocalization', 'Relocalizer', 'resolve_device', 'main']
 
 # A raw quaternion norm below this means the network output no usable rotation.
 MIN_RAW_QNORM = 1e-6
@@ -88,6 +95,20 @@ class Prediction:
     latency_ms: float
 
 
+@dataclass
+class Relocalization:
+    """A coarse PoseNet prediction and its verification against the scene map.
+
+    ``verification`` is a :class:`posenet_ros.verify.Verification`: ``status`` ``verified``
+    (use ``verification.position`` / ``quaternion_wxyz`` / ``covariance``), ``unverified``
+    (only the coarse pose, unconfirmed) or ``rejected``; ``reason`` says why.
+    """
+
+    coarse: Prediction
+    verification: object
+    global_feature_ms: float = 0.0
+
+
 def _frame_error(what: str, got) -> InvalidFrameError:
     return InvalidFrameError(f'{what}, got {got}; pass RGB uint8 frames shaped (H, W, 3) '
                              '(convert BGR/mono/16-bit images first)')
@@ -138,7 +159,8 @@ class Relocalizer:
     """
 
     def __init__(self, path: str | Path, device: str | torch.device = 'cpu', warmup: int = 3,
-                 warmup_size: tuple[int, int] | None = None):
+                 warmup_size: tuple[int, int] | None = None, scene_map=None,
+                 verifier_config=None):
         self.path = Path(path)
         if not isinstance(device, torch.device) and str(device).strip().lower() == 'auto':
             device = _auto_device(self.path)
@@ -166,6 +188,56 @@ class Relocalizer:
                 raise IncompatibleModelError(
                     f'{self.path}: model output has shape {tuple(out.shape)}, expected '
                     f'(1, {len(OUTPUT_COLUMNS)}); re-export it with posenet_ros')
+        self.localizer = None
+        self._global = None
+        if scene_map is not None:
+            self.attach_map(scene_map, verifier_config)
+
+    def attach_map(self, scene_map, config=None) -> None:
+        """Use ``scene_map`` (a path or :class:`~posenet_ros.verify.SceneMap`) to verify poses.
+
+        Raises a :class:`~posenet_ros.errors.MapError` subclass when the file is missing,
+        corrupt, of another version, or built for another model id.
+        """
+        from posenet_ros.verify import MapLocalizer, SceneMap, load_map
+
+        if not isinstance(scene_map, SceneMap):
+            scene_map = load_map(scene_map)
+        scene_map.check_model(self.model_id, self.path)
+        self.localizer = MapLocalizer(scene_map, config)
+        self._global = None
+        if scene_map.frame_global.size and self.quantization is None:
+            from posenet_ros.baselines import network_feature_extractor
+
+            module = self.loaded_module if self.format == 'ts' else None
+            self._global = network_feature_extractor(self.path, str(self.device), module)
+
+    def global_feature(self, frame) -> np.ndarray | None:
+        """The network's retrieval feature (D,) of one frame, or None without a map/features."""
+        if self._global is None:
+            return None
+        return self._global([np.asarray(frame)])[0]
+
+    def relocalize(self, frame, K=None, prior=None) -> Relocalization:
+        """Coarse pose plus its verification/refinement against the attached map.
+
+        ``K``: 3x3 intrinsics of ``frame`` (default: the map's, scaled to the frame size).
+        ``prior``: optional ``(position, quaternion_wxyz)`` used instead of the coarse pose to
+        choose candidate map frames (e.g. the last verified pose).
+        """
+        from posenet_ros.errors import MapError
+
+        if self.localizer is None:
+            raise MapError('no scene map attached; pass scene_map= (build one with '
+                           "'posenet-ros map --model MODEL')")
+        frame = np.asarray(frame)
+        coarse = self.predict(frame)
+        t0 = time.perf_counter()
+        feat = self.global_feature(frame)
+        g_ms = (time.perf_counter() - t0) * 1e3
+        p, q = prior if prior is not None else (coarse.position, coarse.quaternion_wxyz)
+        ver = self.localizer.localize(frame, K, p, q, feat)
+        return Relocalization(coarse, ver, g_ms)
 
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

@@ -86,6 +86,7 @@ class TrainResult:
     last_checkpoint: Path | None = None
     best_checkpoint: Path | None = None
     export_ts: Path | None = None
+    map_path: Path | None = None
     export_pt2: Path | None = None
     export_metadata: dict | None = None
     epochs: int = 0
@@ -740,6 +741,15 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
             export_net = copy.deepcopy(net)
             export_net.load_state_dict(load_checkpoint(best_path)['model'])
         _export(cfg, result, export_net, train_samples, val_samples, history)
+        if cfg.map:
+            from posenet_ros.verify.build import build_map
+
+            path, header = build_map(result.export_ts, dataset=cfg.dataset,
+                                     split=cfg.train_split, dataset_kind=cfg.dataset_kind,
+                                     progress=cfg.progress)
+            result.map_path = path
+            log.info('scene map %s: %d points from %d frames', path, header['stats']['points'],
+                     header['stats']['frames'])
     return result
 
 
@@ -825,6 +835,8 @@ def main(argv: list[str] | None = None) -> int:
                          f'{result.val_median_rotation_deg:.2f} deg (epoch {result.best_epoch})')
         if result.export_ts:
             parts.append(f'exported {result.export_ts}')
+        if result.map_path:
+            parts.append(f'scene map {result.map_path}')
         print('; '.join(parts))
     return 0
 

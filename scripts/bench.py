@@ -8,7 +8,9 @@ Runs, each in its own process (so its peak memory is measured alone):
 2. end-to-end node latency and sustained rate at 30 Hz 640x480, fp32 and int8 exports, against
    the naive node measured in the same run (``scripts/bench_node_latency.py``);
 3. training throughput with and without the decoded-image cache (``scripts/bench_training.py``)
-   on a small synthetic dataset rendered here.
+   on a small synthetic dataset rendered here;
+4. geometric verification (``scripts/bench_refine.py``): refinement latency at 640x480 by stage
+   (p50/p95), map build time, size and load time for the demo scene (and 1,000 frames).
 
 Each script reports medians/percentiles over its repeated runs. The machine and versions are
 recorded with the numbers. No number is asserted: this machine is noisy, compare ratios measured
@@ -101,8 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         '--steps', '2' if args.quick else '4', '--out', str(out / 'training.json'),
         '--cache-dir', str(out / 'cache'), *threads], out / 'training.log')
 
+    procs['refine'] = run('verification', [
+        py, 'scripts/bench_refine.py', '--frames', '100' if args.quick else '300',
+        '--queries', '20' if args.quick else '60', *([] if args.quick else ['--large', '1000']),
+        '--work', str(out / 'refine'), '--json', str(out / 'refine.json')], out / 'refine.log')
+
     for key, fname in (('inference', 'inference.json'), ('node', 'node.json'),
-                       ('training', 'training.json')):
+                       ('training', 'training.json'), ('refine', 'refine.json')):
         report[key] = json.loads((out / fname).read_text())
         report[key]['process'] = procs[key]
     (out / 'bench.json').write_text(json.dumps(report, indent=1))
@@ -146,7 +153,16 @@ def format_table(report: dict) -> str:
                  f'(x{t["ratio"]}) |')
     lines.append(f'| data loading img/s (cache / decode) | {d["cache"]} / {d["decode"]} '
                  f'(x{d["ratio"]}) |')
-    for key in ('inference', 'node', 'training'):
+    ref = report['refine']
+    lines.append('| refinement 640x480 p50/p95 ms (features, matching, pnp, total) | '
+                 + ', '.join(f'{v["p50"]}/{v["p95"]}' for v in ref['refine_640x480_ms'].values())
+                 + f' ({ref["refine_640x480_quality"]["verified_fraction"]:.0%} verified) |')
+    for key, what in (('demo_map', 'demo scene'), ('large_map', '1,000 frames')):
+        if key in ref:
+            m = ref[key]
+            lines.append(f'| map of the {what} ({m["frames"]} frames): build, size, load | '
+                         f'{m["build_s"]} s, {m["size_mb"]} MB, {m["load_s"]} s |')
+    for key in ('inference', 'node', 'training', 'refine'):
         p = report[key]['process']
         lines.append(f'| peak RSS of the {key} process | {p["peak_rss_mb"]} MB '
                      f'({p["wall_s"]} s) |')
