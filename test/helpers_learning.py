@@ -42,8 +42,9 @@ def check_below(name: str, value: float, bound: float, detail: str = '') -> None
     value, bound = float(value), float(bound)
     log = os.environ.get('POSENET_LEARNING_LOG')
     if log:
-        row = {'name': name, 'value': value, 'bound': bound, 'seed': SEED, 'threads': THREADS,
-               'sabotage': SABOTAGE or None}
+        test = os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]
+        row = {'name': name, 'value': value, 'bound': bound, 'test': test, 'seed': SEED,
+               'threads': THREADS, 'sabotage': SABOTAGE or None}
         with open(log, 'a', encoding='utf-8') as f:
             f.write(json.dumps(row) + '\n')
     if SABOTAGE:
