@@ -31,6 +31,10 @@ ARGUMENTS = (
     ('image_transport', '', 'raw or compressed; default: params file (raw)', 'image_transport'),
     ('device', '', 'torch device cpu, cuda, cuda:N or auto; default: params file (auto)',
      'device'),
+    ('refine', '', 'request, continuous or off (coarse poses only, no map); default: params '
+     'file (request)', 'refine'),
+    ('map', '', 'scene map (posenet-ros map); default: params file (<model>.map.npz beside the '
+     'model)', 'map_path'),
     ('use_sim_time', '', 'true: use /clock (bag replay) instead of the system clock; default: '
      'params file (false)', 'use_sim_time'),
     ('params_file', '', 'parameters YAML; empty = the installed config/relocalize.yaml', None),

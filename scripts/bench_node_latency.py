@@ -287,7 +287,7 @@ def main(argv=None) -> int:
                 '--params-file', str(ROOT / 'config' / 'relocalize.yaml'),
                 '-p', f'model_path:={path}', '-p', f'device:={dev}',
                 '-p', f'num_threads:={args.threads}', '-p', f'image_topic:={TOPIC}',
-                '-r', '__ns:=/bench']
+                '-p', 'refine:=off', '-r', '__ns:=/bench']
 
     topic = '/bench/posenet_relocalizer/pose'
     runs = [('node', node_cmd(model), 'ready: model', topic)]

@@ -137,7 +137,8 @@ def _common(model, ns):
     return {'model_path': str(model), 'device': 'cpu', 'num_threads': 1, 'warmup_iterations': 1,
             'max_image_age': 30.0, 'diagnostics_period': 0.25, 'log_throttle': 0.0,
             'image_topic': f'/{ns}/camera/image_raw', 'initial_pose_topic': f'/{ns}/initialpose',
-            'camera_in_base': CAMERA_IN_BASE, 'relocalize_timeout': 3.0}
+            'camera_in_base': CAMERA_IN_BASE, 'relocalize_timeout': 3.0,
+            'refine': 'off'}  # coarse poses of a random-init model; verification: test_node_verify
 
 
 @pytest.fixture(scope='module')

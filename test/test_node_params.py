@@ -120,3 +120,53 @@ def test_stats_snapshot_rates_and_levels():
     assert 'no images on /cam' in snap['message']
     assert snap['values']['rejected_conversion'] == '1'
     assert 'bad step' in snap['values']['last_error']
+
+
+def test_refine_off_survives_yaml_reading_it_as_false():
+    # `-p refine:=off` and `refine: off` in a params file arrive as the boolean false
+    assert P.normalize('refine', False) == 'off' and P.validate('refine', False) is None
+    assert P.validate('refine', 'continuous') is None
+    assert 'one of' in P.validate('refine', 'sometimes')
+    assert 'must be a str' in P.validate('refine', True)
+    assert P.normalize('continuous', False) is False  # only yaml_off parameters are mapped
+    assert P.descriptor(P.SPECS['refine']).dynamic_typing
+
+
+def test_covariance_through_the_mount_matches_sampled_poses():
+    """First-order propagation camera -> base against 20,000 perturbed camera poses."""
+    import transforms3d.axangles as ta
+
+    from posenet_ros.node.frames import covariance_through_mount
+
+    rng = np.random.default_rng(0)
+    t_map_cam = geometry.pose_to_matrix([1.0, 2.0, 0.5], geometry.normalize_quaternion(
+        np.array([0.6, -0.3, 0.5, 0.2])))
+    t_cam_base = geometry.invert(xyzw_pose_to_matrix([0.1, 0.0, 0.3, -0.5, 0.5, -0.5, 0.5]))
+    a = rng.normal(size=(6, 6)) * np.array([0.02] * 3 + [0.01] * 3)
+    cov = a @ a.T
+    samples = rng.multivariate_normal(np.zeros(6), cov, size=20000)
+    base0 = t_map_cam @ t_cam_base
+    out = []
+    for d in samples:
+        t = t_map_cam.copy()
+        t[:3, 3] += d[:3]
+        angle = np.linalg.norm(d[3:])
+        r = ta.axangle2mat(d[3:] / angle, angle) if angle > 0 else np.eye(3)
+        t[:3, :3] = r @ t[:3, :3]  # left perturbation: rotation about the map's axes
+        b = t @ t_cam_base
+        dr = b[:3, :3] @ base0[:3, :3].T
+        rot = ta.mat2axangle(dr)
+        out.append(np.concatenate([b[:3, 3] - base0[:3, 3], rot[0] * rot[1]]))
+    emp = np.cov(np.asarray(out).T)
+    # propagate the samples' own covariance: what is left is the second-order remainder
+    got = covariance_through_mount(np.cov(samples.T), t_map_cam, t_cam_base)
+    np.testing.assert_allclose(got, emp, atol=2e-6)
+    # a lever arm with the wrong sign is far outside that
+    flipped = covariance_through_mount(np.cov(samples.T), t_map_cam, invert_lever(t_cam_base))
+    assert np.abs(flipped - emp).max() > 1e-4
+
+
+def invert_lever(t):
+    out = t.copy()
+    out[:3, 3] *= -1
+    return out

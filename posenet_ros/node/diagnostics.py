@@ -36,6 +36,10 @@ class NodeStats:
         self._mark_time = clock()
         self._mark_totals: Counter = Counter()
         self._last_input_time: float | None = None
+        self.verification: Counter = Counter()  # status -> count
+        self._refine_ms: deque = deque(maxlen=window)
+        self._inliers: deque = deque(maxlen=window)
+        self._last_verification = ''
 
     # --- events ---------------------------------------------------------------------------------
     def count(self, event: str, n: int = 1) -> None:
@@ -60,6 +64,14 @@ class NodeStats:
             if age_s is not None:
                 self._age_ms.append(1000.0 * float(age_s))
             self._last_raw_norm = float(raw_quat_norm)
+
+    def verified(self, status: str, reason: str, n_inliers: int, refine_ms: float) -> None:
+        """Record one verification attempt (status verified / unverified / rejected)."""
+        with self._lock:
+            self.verification[status] += 1
+            self._refine_ms.append(float(refine_ms))
+            self._inliers.append(int(n_inliers))
+            self._last_verification = f'{status}: {reason}'
 
     # --- summary --------------------------------------------------------------------------------
     def snapshot(self, continuous: bool = True, input_topic: str = '') -> dict:
@@ -102,6 +114,21 @@ class NodeStats:
             }
             for reason, n in sorted(self.rejected.items()):
                 values[f'rejected_{reason}'] = str(n)
+            attempts = sum(self.verification.values())
+            if attempts:
+                refine = np.asarray(self._refine_ms, dtype=np.float64)
+                inliers = np.asarray(self._inliers, dtype=np.float64)
+                values.update({
+                    'verify_attempts': str(attempts),
+                    'verify_verified': str(self.verification['verified']),
+                    'verify_unverified': str(self.verification['unverified']),
+                    'verify_rejected': str(self.verification['rejected']),
+                    'verification_rate': f'{self.verification["verified"] / attempts:.3f}',
+                    'inliers_p50': pct(inliers, 50),
+                    'refine_ms_p50': pct(refine, 50),
+                    'refine_ms_p95': pct(refine, 95),
+                    'last_verification': self._last_verification,
+                })
             problems = []
             if delta['rejected']:
                 problems.append(f'{delta["rejected"]} frame(s) rejected')

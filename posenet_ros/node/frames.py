@@ -14,7 +14,8 @@ import numpy as np
 from posenet_ros import geometry
 from posenet_ros.image_conversion import RawFrame, to_rgb
 
-__all__ = ['FrameStager', 'map_to_odom', 'base_in_map', 'xyzw_pose_to_matrix']
+__all__ = ['FrameStager', 'map_to_odom', 'base_in_map', 'covariance_through_mount',
+           'xyzw_pose_to_matrix']
 
 # Channel orders the device path reorders itself (4:2:2 is converted on the host).
 _DEVICE_ORDERS = ('rgb', 'bgr', 'rgba', 'bgra', 'mono')
@@ -73,6 +74,25 @@ def xyzw_pose_to_matrix(values) -> np.ndarray:
 def map_to_odom(t_map_cam: np.ndarray, t_odom_cam: np.ndarray) -> np.ndarray:
     """``T_map_odom = T_map_cam @ T_odom_cam^-1`` (both camera poses at the same stamp)."""
     return geometry.compose(t_map_cam, geometry.invert(t_odom_cam))
+
+
+def covariance_through_mount(cov_cam: np.ndarray, t_map_cam: np.ndarray,
+                             t_cam_base: np.ndarray) -> np.ndarray:
+    """6x6 covariance of ``T_map_base = T_map_cam T_cam_base`` from that of the camera pose.
+
+    Both covariances are in ROS order (x, y, z, then small rotations about the *map's* fixed
+    x, y, z axes, i.e. a left perturbation ``R' = exp(dtheta) R``). Then the base rotation
+    takes the same ``dtheta``, and the base position ``p_b = p_c + R_c t_cb`` moves by
+    ``dp - [R_c t_cb]_x dtheta``: the lever arm turns rotation uncertainty into position
+    uncertainty (first order).
+    """
+    lever = t_map_cam[:3, :3] @ t_cam_base[:3, 3]
+    skew = np.array([[0.0, -lever[2], lever[1]], [lever[2], 0.0, -lever[0]],
+                     [-lever[1], lever[0], 0.0]])
+    jac = np.eye(6)
+    jac[:3, 3:] = -skew
+    out = jac @ np.asarray(cov_cam, np.float64).reshape(6, 6) @ jac.T
+    return 0.5 * (out + out.T)
 
 
 def base_in_map(t_map_cam: np.ndarray, t_base_cam: np.ndarray) -> np.ndarray:

@@ -165,7 +165,7 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     params = {'model_path': str(model), 'device': device, 'image_topic': base_topic,
               'image_transport': transport, 'max_image_age': 0.0, 'tf_mode': 'none',
-              'continuous': True, **(node_params or {})}
+              'continuous': True, 'refine': 'off', **(node_params or {})}
     node_log = out / 'node.log'
     proc = NodeProcess(params, env, node_log)
     ctx = node = executor = None

@@ -12,11 +12,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ['ParamSpec', 'PARAMS', 'SPECS', 'defaults', 'validate', 'descriptor']
+__all__ = ['ParamSpec', 'PARAMS', 'SPECS', 'defaults', 'normalize', 'validate', 'descriptor']
 
 TF_MODES = ('camera', 'map_to_odom', 'none')
 TRANSPORTS = ('raw', 'compressed')
 RELIABILITIES = ('best_effort', 'reliable')
+REFINE_MODES = ('off', 'request', 'continuous')
 DEVICES_HELP = "'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available, else cpu)"
 
 
@@ -32,6 +33,9 @@ class ParamSpec:
     max: float | None = None
     choices: tuple[str, ...] = ()
     additional: str = field(default='')  # extra constraint text shown by `ros2 param describe`
+    # YAML (params files and `-p name:=value`) reads an unquoted `off` as the boolean false:
+    # such a string parameter is declared dynamically typed and false is read as 'off'.
+    yaml_off: bool = False
 
 
 PARAMS: tuple[ParamSpec, ...] = (
@@ -43,6 +47,18 @@ PARAMS: tuple[ParamSpec, ...] = (
               'slow)', read_only=True, min=0, max=100),
     ParamSpec('num_threads', 0, "torch intra-op CPU threads; 0 keeps torch's default",
               read_only=True, min=0, max=256),
+    # --- verification against the scene map (docs/verification.md) ---
+    ParamSpec('refine', 'request', 'request: ~/relocalize answers and sends the initial pose only '
+              'from a pose verified against the scene map; continuous: also verify frames on a '
+              'thread of their own and publish verified poses on ~/verified_pose; off: coarse '
+              'PoseNet poses only (no map needed, nothing is verified)', read_only=True,
+              choices=REFINE_MODES, yaml_off=True),
+    ParamSpec('map_path', '', 'scene map (posenet-ros map); empty = <model>.map.npz beside '
+              'model_path', read_only=True),
+    ParamSpec('camera_info_topic', '', 'sensor_msgs/CameraInfo with the intrinsics of the '
+              'image_topic frames; empty = camera_info beside image_topic '
+              "(/camera/image_raw -> /camera/camera_info); without it the map's intrinsics are "
+              'used', read_only=True),
     # --- input ---
     ParamSpec('image_topic', '/camera/image_raw', 'raw camera topic; the compressed transport '
               'subscribes to <image_topic>/compressed', read_only=True),
@@ -88,7 +104,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               'unit quaternion xyzw'),
     ParamSpec('use_tf_extrinsic', True, 'look up base_frame -> camera_frame in TF for the '
               'initial pose (needs tf2_ros); falls back to camera_in_base', read_only=True),
-    ParamSpec('relocalize_timeout', 2.0, 'longest wait (s) of ~/relocalize for a valid frame',
+    ParamSpec('relocalize_timeout', 2.0, 'longest wait (s) of ~/relocalize for a valid (with '
+              'refine on: verified) frame',
               min=0.05, max=60.0),
     # --- diagnostics ---
     ParamSpec('diagnostics_period', 1.0, 'period (s) of /diagnostics messages', read_only=True,
@@ -122,11 +139,20 @@ def _type_ok(spec: ParamSpec, value: Any) -> bool:
     return False
 
 
+def normalize(name: str, value: Any) -> Any:
+    """The value as the node uses it: YAML's ``false`` is ``'off'`` for ``yaml_off`` params."""
+    spec = SPECS.get(name)
+    if spec is not None and spec.yaml_off and value is False:
+        return 'off'
+    return value
+
+
 def validate(name: str, value: Any) -> str | None:
     """Return why ``value`` is not acceptable for parameter ``name``, or ``None`` if it is."""
     spec = SPECS.get(name)
     if spec is None:
         return f'unknown parameter {name!r}'
+    value = normalize(name, value)
     if not _type_ok(spec, value):
         return f'{name} must be a {type(spec.default).__name__}, got {value!r}'
     if spec.choices and value not in spec.choices:
@@ -182,6 +208,8 @@ def descriptor(spec: ParamSpec):
         extra = 'one of: ' + ', '.join(spec.choices)
     desc = ParameterDescriptor(name=spec.name, type=ptype, description=spec.description,
                                additional_constraints=extra, read_only=spec.read_only)
+    if spec.yaml_off:  # accept the boolean false YAML makes of an unquoted `off`
+        desc.dynamic_typing = True
     if spec.min is not None and isinstance(d, float):
         desc.floating_point_range = [FloatingPointRange(
             from_value=float(spec.min), to_value=float(spec.max), step=0.0)]

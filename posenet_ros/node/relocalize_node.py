@@ -14,7 +14,14 @@ Outputs (see docs/node.md for the full tables):
 * ``/tf`` (tf2_msgs/TFMessage): ``map -> <camera><suffix>`` (camera mode) or ``map -> odom``
   (map_to_odom mode, needs tf2_ros), or nothing;
 * ``/initialpose`` (configurable): the base frame's pose in map, once per ``~/relocalize`` call;
-* ``/diagnostics``: rates, inference p50/p95, frame age, dropped/rejected frames, model id.
+  with ``refine`` on (the default ``request``) only from a pose verified against the scene map;
+* ``~/verified_pose`` (PoseWithCovarianceStamped, ``refine: continuous``): verified, refined
+  camera poses with the covariance of their PnP solution;
+* ``/diagnostics``: rates, inference p50/p95, frame age, dropped/rejected frames, model id,
+  verification rate, inliers and refinement ms.
+
+Verification (``posenet_ros.verify``, docs/verification.md) runs on a thread of its own, fed
+newest-frame-wins by the worker, so the coarse output keeps PoseNet's rate in every mode.
 
 Run it with ``relocalize_node --ros-args --params-file config/relocalize.yaml -p model_path:=...``
 (or ``python -m posenet_ros.node.relocalize_node ...`` before the console script is installed).
@@ -53,7 +60,7 @@ from rclpy.qos import (
 from rclpy.signals import SignalHandlerOptions
 from rclpy.task import Future
 from rclpy.time import Time
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import SetBool, Trigger
 
 from posenet_ros import geometry
@@ -61,14 +68,23 @@ from posenet_ros.errors import (
     ConfigError,
     ImageConversionError,
     InvalidFrameError,
+    MapError,
+    MapNotFoundError,
+    MissingIntrinsicsError,
     ModelNotFoundError,
     NonFiniteOutputError,
     PoseNetError,
 )
-from posenet_ros.image_conversion import decode_compressed, decode_image
+from posenet_ros.image_conversion import decode_compressed, decode_image, to_rgb
 from posenet_ros.node import params as P
 from posenet_ros.node.diagnostics import NodeStats
-from posenet_ros.node.frames import FrameStager, base_in_map, map_to_odom, xyzw_pose_to_matrix
+from posenet_ros.node.frames import (
+    FrameStager,
+    base_in_map,
+    covariance_through_mount,
+    map_to_odom,
+    xyzw_pose_to_matrix,
+)
 
 __all__ = ['NODE_NAME', 'RelocalizerNode', 'main']
 
@@ -110,6 +126,28 @@ class _Slot:
     compressed: bool
 
 
+@dataclass
+class _RefineJob:
+    """One frame for the verification thread: the RGB frame and its coarse pose."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8
+    position: np.ndarray  # coarse T_map_cam
+    q_wxyz: np.ndarray
+    stamp: TimeMsg
+    camera_frame: str
+    raw_norm: float
+    pending: list  # ~/relocalize requests this frame may answer
+
+
+@dataclass
+class _Intrinsics:
+    """The latest CameraInfo: K (3x3) for frames of width x height."""
+
+    K: np.ndarray
+    width: int
+    height: int
+
+
 class RelocalizerNode(Node):
     """PoseNet relocalization node; see the module docstring and docs/node.md."""
 
@@ -121,6 +159,7 @@ class RelocalizerNode(Node):
         self._throttle: dict[str, tuple[float, int]] = {}
 
         self._load_model()
+        self._load_map()
         self._map_frame_default = str(self._frames.get('map_frame') or 'map')
         self._camera_frame_default = str(self._frames.get('camera_frame') or 'camera_optical')
 
@@ -131,6 +170,10 @@ class RelocalizerNode(Node):
         self._init_pub = self.create_publisher(PoseWithCovarianceStamped,
                                                self._cfg['initial_pose_topic'], OUTPUT_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', OUTPUT_QOS)
+        self._verified_pub = None
+        if self._cfg['refine'] == 'continuous':
+            self._verified_pub = self.create_publisher(PoseWithCovarianceStamped,
+                                                       '~/verified_pose', OUTPUT_QOS)
         self._setup_tf()
 
         # Services and timers. One executor thread runs every callback; ~/relocalize awaits the
@@ -155,12 +198,24 @@ class RelocalizerNode(Node):
         self._last_output = -math.inf
         self._worker = threading.Thread(target=self._work, name='posenet_worker', daemon=True)
         self._worker.start()
+        # Verification state: one job slot (newest wins), its own thread.
+        self._rcond = threading.Condition()
+        self._rjob: _RefineJob | None = None
+        self._intrinsics: _Intrinsics | None = None
+        self._intrinsics_source = 'none yet'
+        self._refiner = None
+        if self._cfg['refine'] != 'off':
+            self._refiner = threading.Thread(target=self._refine_work, name='posenet_verify',
+                                             daemon=True)
+            self._refiner.start()
 
         self._subscribe()  # last: the model is loaded and warm before the first frame arrives
         self._log.info(
             f'ready: model {self._model_id} on {self._device}, input {self._input_topic} '
             f'({self._cfg["image_transport"]}, {self._cfg["input_reliability"]}), '
-            f'tf_mode {self._tf_mode}, map frame {self._map_frame()}')
+            f'tf_mode {self._tf_mode}, map frame {self._map_frame()}, refine '
+            f'{self._cfg["refine"]}' + (f' (camera_info {self._info_topic})'
+                                        if self._cfg['refine'] != 'off' else ''))
 
     # --- set-up ---------------------------------------------------------------------------------
     def _declare_parameters(self) -> dict:
@@ -172,7 +227,7 @@ class RelocalizerNode(Node):
                 hint = (' (write a double with a decimal point, e.g. 3.0)'
                         if isinstance(spec.default, float) else '')
                 raise ConfigError(f'parameter {spec.name}: {exc}{hint}') from exc
-            cfg[spec.name] = param.value
+            cfg[spec.name] = P.normalize(spec.name, param.value)
         for name, value in cfg.items():
             reason = P.validate(name, value)
             if reason:
@@ -211,6 +266,33 @@ class RelocalizerNode(Node):
         self._log.info(f'loaded {self._cfg["model_path"]} (model {self._model_id}, backbone '
                        f'{meta.get("backbone", "?")}, {self._precision}) on {self._device} in '
                        f'{time.monotonic() - t0:.2f} s')
+
+    def _load_map(self) -> None:
+        """Attach the scene map unless ``refine`` is off: a missing or bad map is fatal."""
+        from posenet_ros.verify.mapfile import default_map_path
+
+        self._map_path = None
+        if self._cfg['refine'] == 'off':
+            self._log.info('refine off: coarse PoseNet poses only, nothing is verified')
+            return
+        path = Path(self._cfg['map_path']).expanduser() if self._cfg['map_path'] else \
+            default_map_path(self._cfg['model_path'])
+        fix = (f"build it with 'posenet-ros map --model {self._cfg['model_path']} --dataset "
+               "<the training data>' (or train with --map), pass map_path, or set refine:=off "
+               'to run on coarse poses only')
+        if not path.is_file():
+            raise MapNotFoundError(f'scene map {path} does not exist (refine '
+                                   f'{self._cfg["refine"]}); {fix}')
+        t0 = time.monotonic()
+        try:
+            self._relocalizer.attach_map(path)
+        except MapError as exc:
+            raise type(exc)(f'{exc} (refine {self._cfg["refine"]}; or set refine:=off to run '
+                            'on coarse poses only)') from exc
+        self._map_path = path
+        m = self._relocalizer.localizer.map
+        self._log.info(f'loaded scene map {path} ({m.n_frames} frames, {len(m.points)} points, '
+                       f'{m.feature}) in {time.monotonic() - t0:.2f} s')
 
     def _setup_tf(self) -> None:
         self._tf_msg_type = None
@@ -252,6 +334,13 @@ class RelocalizerNode(Node):
             CompressedImage if compressed else Image, self._input_topic,
             lambda msg: self._on_image(msg, compressed), qos, event_callbacks=events)
         self._input_topic = self._sub.topic_name
+        self._info_topic = ''
+        if self._cfg['refine'] != 'off':
+            info = self._cfg['camera_info_topic'] or base.rstrip('/').rsplit('/', 1)[0] + \
+                '/camera_info'
+            sub = self.create_subscription(CameraInfo, info, self._on_camera_info,
+                                           input_qos('best_effort'))
+            self._info_topic = sub.topic_name
 
     def _event_callbacks(self):
         from rclpy.event_handler import SubscriptionEventCallbacks
@@ -302,6 +391,15 @@ class RelocalizerNode(Node):
                 self._stats.count('dropped')  # overwritten before the worker got to it
             self._slot = slot
             self._cond.notify()
+
+    def _on_camera_info(self, msg) -> None:
+        k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+        self._stats.count('camera_info')
+        if not (np.all(np.isfinite(k)) and k[0, 0] > 0 and k[1, 1] > 0 and msg.width > 0):
+            self._warn('camera_info', f'ignoring CameraInfo on {self._info_topic} without '
+                       "intrinsics (k is zero): uncalibrated camera? the map's are used")
+            return
+        self._intrinsics = _Intrinsics(k, int(msg.width), int(msg.height))
 
     # --- worker ---------------------------------------------------------------------------------
     def _work(self) -> None:
@@ -381,9 +479,96 @@ class RelocalizerNode(Node):
             self._publish_pose(stamp, position, q_wxyz)
             self._publish_tf(stamp, position, q_wxyz, frame_id)
             self._last_output = slot.t_received
-        if pending:
-            self._serve_requests(pending, stamp, position, q_wxyz, frame_id,
-                                 float(pred.raw_quat_norm))
+        if cfg['refine'] == 'off':
+            if pending:
+                self._serve_requests(pending, stamp, position, q_wxyz, frame_id,
+                                     float(pred.raw_quat_norm))
+        elif pending or cfg['refine'] == 'continuous':
+            # Verification needs the host RGB frame (the CPU path already staged it).
+            rgb = to_rgb(raw) if self._stager.tensor_path else staged
+            self._hand_over(_RefineJob(rgb, position, q_wxyz, stamp, frame_id,
+                                       float(pred.raw_quat_norm), pending))
+
+    # --- verification thread -------------------------------------------------------------------
+    def _hand_over(self, job: _RefineJob) -> None:
+        """Give the verification thread the newest frame; an unstarted one is dropped."""
+        with self._rcond:
+            if self._rjob is not None:
+                self._stats.count('verify_dropped')
+                # Requests of the dropped frame stay pending (they are in self._requests and the
+                # new job was built from the same list), so nothing is lost.
+            self._rjob = job
+            self._rcond.notify()
+
+    def _refine_work(self) -> None:
+        while True:
+            with self._rcond:
+                while self._running and self._rjob is None:
+                    self._rcond.wait(0.5)
+                if not self._running:
+                    return
+                job, self._rjob = self._rjob, None
+            try:
+                self._verify(job)
+            except Exception as exc:  # never let one frame kill the thread
+                self._stats.reject('verify_internal', f'{type(exc).__name__}: {exc}')
+                self._warn('verify_internal', f'verification failed: {type(exc).__name__}: '
+                           f'{exc}')
+                for r in job.pending:
+                    r.last_error = f'verification failed: {exc}'
+
+    def _frame_intrinsics(self, width: int, height: int) -> tuple[np.ndarray, str]:
+        """K for a ``width x height`` frame: the camera_info's, else the map's (scaled)."""
+        info = self._intrinsics
+        if info is not None:
+            if (info.width, info.height) == (width, height):
+                return info.K, 'camera_info'
+            self._warn('camera_info_size', f'CameraInfo on {self._info_topic} is for '
+                       f'{info.width}x{info.height} frames but the images are {width}x{height}; '
+                       "using the map's intrinsics (publish the matching camera_info)")
+        return self._relocalizer.localizer.default_intrinsics(width, height), 'map'
+
+    def _verify(self, job: _RefineJob) -> None:
+        reloc = self._relocalizer
+        t0 = time.perf_counter()
+        h, w = job.rgb.shape[:2]
+        try:
+            K, source = self._frame_intrinsics(w, h)
+        except MissingIntrinsicsError as exc:
+            self._stats.verified('unverified', str(exc), 0, 0.0)
+            self._warn('intrinsics', str(exc))
+            for r in job.pending:
+                r.last_error = f'not verified: {exc}'
+            return
+        self._intrinsics_source = source
+        feature = reloc.global_feature(job.rgb)
+        ver = reloc.localizer.localize(job.rgb, K, job.position, job.q_wxyz, feature)
+        ms = (time.perf_counter() - t0) * 1000.0
+        self._stats.verified(ver.status, ver.reason, ver.n_inliers, ms)
+        if not ver.verified:
+            for r in job.pending:
+                r.last_error = f'not verified ({ver.status}: {ver.reason})'
+            return
+        cov = np.asarray(ver.covariance, dtype=np.float64)
+        if self._verified_pub is not None:
+            msg = PoseWithCovarianceStamped()
+            msg.header.stamp = job.stamp
+            msg.header.frame_id = self._map_frame()
+            self._fill_pose(msg.pose.pose, ver.position, ver.quaternion_wxyz)
+            msg.pose.covariance = cov.reshape(-1).tolist()
+            self._verified_pub.publish(msg)
+            self._stats.count('verified_published')
+        if job.pending:
+            details = {'status': ver.status, 'reason': ver.reason, 'n_inliers': ver.n_inliers,
+                       'inlier_ratio': ver.inlier_ratio, 'reproj_rms_px': ver.reproj_rms_px,
+                       'ms': {k: round(v, 2) for k, v in ver.ms.items()},
+                       'intrinsics': source,
+                       'coarse_position': [float(v) for v in job.position],
+                       'coarse_orientation_xyzw':
+                           [float(v) for v in geometry.wxyz_to_xyzw(job.q_wxyz)]}
+            self._serve_requests(job.pending, job.stamp, ver.position, ver.quaternion_wxyz,
+                                 job.camera_frame, job.raw_norm, covariance=cov,
+                                 verification=details)
 
     def _reject(self, reason: str, message: str, pending: list[_Request]) -> None:
         self._stats.reject(reason, message)
@@ -478,8 +663,18 @@ class RelocalizerNode(Node):
         t, r = tf.transform.translation, tf.transform.rotation
         return xyzw_pose_to_matrix([t.x, t.y, t.z, r.x, r.y, r.z, r.w])
 
-    def _serve_requests(self, pending, stamp, cam_pos, cam_q, camera_frame, raw_norm) -> None:
+    def _serve_requests(self, pending, stamp, cam_pos, cam_q, camera_frame, raw_norm,
+                        covariance=None, verification=None) -> None:
+        """Answer ``pending`` ~/relocalize calls and send one initial pose for them.
+
+        ``covariance``: the camera pose's 6x6 (verified poses), carried to the base frame
+        through the mount; None: the parameters' fixed covariance (refine off).
+        """
         cfg = self._cfg
+        with self._cond:
+            pending = [r for r in pending if not r.future.done()]
+        if not pending:  # already answered from an earlier frame
+            return
         t_map_cam = geometry.pose_to_matrix(cam_pos, cam_q)
         t_cam_base = self._lookup(camera_frame, cfg['base_frame'], stamp)
         source = 'tf'
@@ -493,7 +688,12 @@ class RelocalizerNode(Node):
         msg.header.stamp = stamp
         msg.header.frame_id = self._map_frame()
         self._fill_pose(msg.pose.pose, base_pos, base_q)
-        msg.pose.covariance = self._covariance()
+        if covariance is None:
+            msg.pose.covariance = self._covariance()
+        else:
+            t_cam_base_used = geometry.compose(geometry.invert(t_map_cam), t_map_base)
+            msg.pose.covariance = covariance_through_mount(
+                covariance, t_map_cam, t_cam_base_used).reshape(-1).tolist()
         self._init_pub.publish(msg)  # once per request batch: AMCL re-initialises on every msg
         result = {
             'frame_id': self._map_frame(),
@@ -507,7 +707,10 @@ class RelocalizerNode(Node):
             'extrinsic_source': source,
             'raw_quat_norm': raw_norm,
             'model_id': self._model_id,
+            'verified': verification is not None,
         }
+        if verification is not None:
+            result['verification'] = verification
         with self._cond:
             for r in pending:
                 if r in self._requests:
@@ -545,9 +748,10 @@ class RelocalizerNode(Node):
                            f'{np.round(result["base"]["position"], 3).tolist()}')
             return response
         response.success = False
-        why = f'; last frame rejected: {req.last_error}' if req.last_error else ''
-        response.message = (f'no valid frame on {self._input_topic} within {timeout:.2f} s '
-                            f'(relocalize_timeout){why}')
+        why = f'; last frame: {req.last_error}' if req.last_error else ''
+        what = 'verified pose' if self._cfg['refine'] != 'off' else 'valid frame'
+        response.message = (f'no {what} from {self._input_topic} within {timeout:.2f} s '
+                             f'(relocalize_timeout){why}')
         return response
 
     def _on_enable(self, request, response):
@@ -571,6 +775,13 @@ class RelocalizerNode(Node):
         values['device'] = str(self._device)
         values['precision'] = self._precision
         values['tf_mode'] = self._tf_mode
+        values['refine'] = self._cfg['refine']
+        if self._cfg['refine'] != 'off':
+            values['map_path'] = str(self._map_path)
+            values['camera_info_topic'] = self._info_topic
+            values['camera_info_received'] = str(self._stats.totals['camera_info'])
+            values['intrinsics_source'] = self._intrinsics_source
+            values['verify_dropped'] = str(self._stats.totals['verify_dropped'])
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
@@ -585,6 +796,10 @@ class RelocalizerNode(Node):
                 self._running = False
                 cond.notify_all()
             self._worker.join(timeout=2.0)
+            if self._refiner is not None:
+                with self._rcond:
+                    self._rcond.notify_all()
+                self._refiner.join(timeout=2.0)
         super().destroy_node()
 
 
