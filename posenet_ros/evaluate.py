@@ -576,6 +576,25 @@ def _add_refined(methods, coarse: MethodResult, vers: list, gt: GroundTruth, map
     coarse.extra['ver_status'] = np.array([STATUS_CODE[v.status] for v in vers], float)
     coarse.extra['ver_inliers'] = np.array([v.n_inliers for v in vers], float)
     coarse.extra['ver_ms'] = r.ms.copy()
+    stages = {}
+    for k in ('features', 'matching', 'pnp', 'total'):
+        vals = np.array([v.ms.get(k, math.nan) for v in vers], float)
+        vals = vals[np.isfinite(vals)]
+        stages[k] = {'p50': float(np.percentile(vals, 50)) if len(vals) else math.nan,
+                     'p95': float(np.percentile(vals, 95)) if len(vals) else math.nan}
+    return verification_summary(coarse, r, gt, map_path, [v.status for v in vers],
+                                np.array([v.n_inliers for v in vers], float), stages)
+
+
+def verification_summary(coarse: MethodResult, refined: MethodResult, gt: GroundTruth, map_path,
+                         statuses: list[str], inliers: np.ndarray, stages: dict) -> dict:
+    """The ``verification`` section of a summary (offline and live evaluation).
+
+    ``refined.valid`` marks the verified frames; ``statuses`` holds each frame's status;
+    ``stages``: ms p50/p95 per refinement stage.
+    """
+    r = refined
+    n = len(statuses)
     t_err, r_err = frame_errors(r.positions, r.quaternions, gt.positions, gt.quaternions,
                                 r.valid)
     ct, cr = frame_errors(coarse.positions, coarse.quaternions, gt.positions, gt.quaternions,
@@ -585,15 +604,10 @@ def _add_refined(methods, coarse: MethodResult, vers: list, gt: GroundTruth, map
     n_ok = int(ok.sum())
 
     def med(a):
+        a = np.asarray(a, float)
+        a = a[np.isfinite(a)]
         return float(np.median(a)) if len(a) else math.nan
 
-    stages = {}
-    for k in ('features', 'matching', 'pnp', 'total'):
-        vals = np.array([v.ms.get(k, math.nan) for v in vers], float)
-        vals = vals[np.isfinite(vals)]
-        stages[k] = {'p50': float(np.percentile(vals, 50)) if len(vals) else math.nan,
-                     'p95': float(np.percentile(vals, 95)) if len(vals) else math.nan}
-    statuses = [v.status for v in vers]
     return {
         'map': str(map_path), 'n_frames': n, 'n_verified': n_ok,
         'n_unverified': statuses.count('unverified'), 'n_rejected': statuses.count('rejected'),
@@ -604,7 +618,7 @@ def _add_refined(methods, coarse: MethodResult, vers: list, gt: GroundTruth, map
         'wrong_threshold': {'m': WRONG_VERIFIED[0], 'deg': WRONG_VERIFIED[1]},
         'n_wrong_verified': int(wrong.sum()),
         'wrong_verified_fraction': float(wrong.sum() / n_ok) if n_ok else 0.0,
-        'median_inliers_verified': med(np.array([v.n_inliers for v in vers])[ok]),
+        'median_inliers_verified': med(np.asarray(inliers, float)[ok]),
         'ms': stages,
     }
 
@@ -719,9 +733,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.live:
         if args.bag is None:
             raise EvaluationError('--live needs --bag (the node is fed by replaying a bag)')
-        if args.map_path is not None:
-            raise EvaluationError('--map is offline only for now (the node does not verify '
-                                  'yet); drop --live to verify offline')
         from posenet_ros.node.live_eval import live_evaluate
 
         summary = live_evaluate(args.model, args.bag, args.out, image_topic=args.image_topic,
@@ -730,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
                                 rate=args.rate, device=args.device,
                                 train_dataset=args.train_dataset,
                                 baselines=not args.no_baselines, nn_features=args.nn_features,
-                                progress=not args.quiet)
+                                progress=not args.quiet, map_path=args.map_path)
     else:
         summary = evaluate(args.model, args.out, dataset=args.dataset, split=args.split,
                            bag=args.bag, image_topic=args.image_topic,

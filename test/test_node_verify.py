@@ -50,7 +50,7 @@ def scene(tmp_path_factory):
 
     from posenet_ros.config import load_config
     from posenet_ros.datasets import load_dataset, load_image
-    from posenet_ros.synthetic import SceneConfig, make_scene, render, write_dataset
+    from posenet_ros.synthetic import SceneConfig, make_scene, render, write_bag, write_dataset
     from posenet_ros.train import train
     from posenet_ros.verify.mapfile import default_map_path
 
@@ -72,7 +72,8 @@ def scene(tmp_path_factory):
     other = make_scene(seed=7)  # another courtyard: must never verify
     wrong = [render(other, p, q, cfg.K(), cfg.width, cfg.height) for p, q in truth[:4]]
     wrong.append(np.zeros_like(frames[0]))  # a covered lens
-    return {'root': root, 'model': model, 'map': default_map_path(model), 'K': cfg.K(),
+    bag = write_bag(root / 'test_bag', cfg, progress=False)  # the same test laps, with camera_info
+    return {'root': root, 'model': model, 'map': default_map_path(model), 'K': cfg.K(), 'bag': bag,
             'size': (cfg.width, cfg.height), 'frames': frames, 'truth': truth, 'wrong': wrong}
 
 
@@ -321,3 +322,26 @@ def test_missing_corrupt_or_mismatched_map_stops_the_node_with_a_reason(session,
         for text in cases[name][1]:
             assert text in out, f'{name}: {text!r} not in\n{out}'
         assert 'Traceback' not in out, out
+
+
+def test_live_evaluation_scores_the_nodes_verified_poses(scene, tmp_path, capsys):
+    """``posenet-ros evaluate --live --map``: the node in continuous mode, fed by a bag replay."""
+    from posenet_ros.cli import main as cli_main
+    from posenet_ros.evaluate import load_summary
+
+    out = tmp_path / 'live'
+    assert cli_main(['evaluate', '--live', '--model', str(scene['model']), '--bag',
+                     str(scene['bag']), '--map', str(scene['map']), '--rate', '0.1', '--out',
+                     str(out), '--no-baselines', '--quiet', '--image-topic',
+                     '/camera/image_raw', '--pose-topic', '/ground_truth/pose']) == 0
+    summary = load_summary(out / 'summary.json')
+    ver = summary['verification']
+    print(f"live: {ver['n_verified']}/{ver['n_frames']} verified, median "
+          f"{ver['verified_median_t_m']:.4f} m, node refine ms p50 {ver['ms']['total']['p50']}")
+    assert set(summary['methods']) == {'posenet_live', 'refined_live'}
+    assert ver['n_frames'] == N_TEST and ver['n_verified'] >= N_TEST // 2
+    assert ver['n_wrong_verified'] == 0
+    assert ver['verified_median_t_m'] < WRONG_M
+    assert ver['node_diagnostics']['intrinsics_source'] == 'camera_info'
+    assert float(ver['ms']['total']['p50']) > 0
+    assert 'Verification against the scene map' in (out / 'summary.md').read_text()

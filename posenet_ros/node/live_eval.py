@@ -10,6 +10,12 @@ process), which includes DDS transport both ways, image conversion, inference an
 queueing. Frames the node dropped (its camera input keeps only the newest frame) have no pose
 and count as failures; the report says how many.
 
+With a scene map (``map_path``, ``posenet-ros evaluate --live --map MAP``) the node runs with
+``refine: continuous``: the bag's ``camera_info`` (beside the image topic) is played too, every
+``~/verified_pose`` is recorded, and the report gets the ``refined_live`` method and the same
+``verification`` section as offline evaluation (frames without a verified pose count as
+unverified, including those the verification thread skipped while busy).
+
 ``posenet-ros evaluate --live --model M --bag B ...`` calls it.
 """
 
@@ -33,6 +39,7 @@ from posenet_ros.node.process import NODE_MODULE, NodeProcess
 __all__ = ['live_evaluate', 'header_stamp_ns', 'NODE_MODULE', 'POSE_TOPIC']
 
 POSE_TOPIC = '/posenet_relocalizer/pose'
+VERIFIED_TOPIC = '/posenet_relocalizer/verified_pose'
 MATCH_TOL_NS = 100_000  # 0.1 ms
 
 
@@ -94,7 +101,8 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
                   train_dataset=None, baselines: bool = True, nn_features: str = 'auto',
                   progress: bool = True, node_params: dict | None = None,
                   startup_timeout: float = 120.0, settle: float = 2.0,
-                  domain_id: int | None = None, title: str | None = None) -> dict:
+                  domain_id: int | None = None, title: str | None = None,
+                  map_path=None) -> dict:
     """Evaluate the live node on ``bag``; write the report to ``out_dir``; return its summary.
 
     Args:
@@ -110,6 +118,8 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
         settle: seconds without a new pose, after the last image, before stopping.
         domain_id: ROS_DOMAIN_ID of the private session (default: random 1-101, localhost
             discovery only, so no other ROS system on this machine interferes).
+        map_path: scene map: run the node with ``refine: continuous`` and score its verified
+            poses too.
     """
     import rclpy
     from rclpy.context import Context
@@ -122,6 +132,7 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
         MethodResult,
         _add_baselines,
         _train_samples,
+        verification_summary,
         write_report,
     )
     from posenet_ros.export import read_metadata
@@ -166,6 +177,16 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
     params = {'model_path': str(model), 'device': device, 'image_topic': base_topic,
               'image_transport': transport, 'max_image_age': 0.0, 'tf_mode': 'none',
               'continuous': True, 'refine': 'off', **(node_params or {})}
+    play_topics = [image_topic]
+    if map_path is not None:
+        map_path = Path(map_path).resolve()
+        params.update(refine='continuous', map_path=str(map_path))
+        info_topic = base_topic.rstrip('/').rsplit('/', 1)[0] + '/camera_info'
+        if info_topic in _bag_topics(bag):
+            play_topics.append(info_topic)
+            params['camera_info_topic'] = info_topic
+        else:
+            notes.append(f"the bag has no {info_topic}: the node used the map's intrinsics")
     node_log = out / 'node.log'
     proc = NodeProcess(params, env, node_log)
     ctx = node = executor = None
@@ -183,6 +204,8 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
         raise
     publish_t: dict[int, float] = {}
     received: dict[int, tuple[float, np.ndarray, np.ndarray]] = {}
+    verified: dict[int, tuple[float, np.ndarray, np.ndarray]] = {}
+    last_diag: dict[str, str] = {}
     lock = threading.Lock()
     last_rx = [time.monotonic()]
 
@@ -195,14 +218,34 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
                                       xyzw_to_wxyz(np.array([o.x, o.y, o.z, o.w]))))
             last_rx[0] = t
 
+    def on_verified(msg):
+        t = time.monotonic()
+        key = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        p, o = msg.pose.pose.position, msg.pose.pose.orientation
+        with lock:
+            verified.setdefault(key, (t, np.array([p.x, p.y, p.z]),
+                                      xyzw_to_wxyz(np.array([o.x, o.y, o.z, o.w]))))
+            last_rx[0] = t
+
+    def on_diag(msg):
+        for st in msg.status:
+            if st.name.endswith('posenet_relocalizer: relocalization'):
+                last_diag.clear()
+                last_diag.update({kv.key: kv.value for kv in st.values})
+
     def on_publish(topic, msgtype, raw, t):
-        publish_t.setdefault(header_stamp_ns(raw), t)
+        if topic == image_topic:  # camera_info carries the same stamps
+            publish_t.setdefault(header_stamp_ns(raw), t)
 
-    from geometry_msgs.msg import PoseStamped
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 
-    node.create_subscription(PoseStamped, POSE_TOPIC, on_pose,
-                             QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
-                                        reliability=ReliabilityPolicy.RELIABLE))
+    reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
+                          reliability=ReliabilityPolicy.RELIABLE)
+    node.create_subscription(PoseStamped, POSE_TOPIC, on_pose, reliable)
+    if map_path is not None:
+        node.create_subscription(PoseWithCovarianceStamped, VERIFIED_TOPIC, on_verified, reliable)
+        node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, reliable)
     stop = threading.Event()
 
     def spin():
@@ -213,7 +256,7 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
     spinner.start()
     player = None
     try:
-        player = BagPlayer(node, bag, topics=[image_topic], rate=rate, on_publish=on_publish)
+        player = BagPlayer(node, bag, topics=play_topics, rate=rate, on_publish=on_publish)
         pub = player.publishers[0]
         deadline = time.monotonic() + startup_timeout
         while pub.get_subscription_count() == 0 or node.count_publishers(POSE_TOPIC) == 0:
@@ -231,7 +274,8 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
         end = time.monotonic() + 60.0
         while time.monotonic() < end:
             with lock:
-                done = len(received) >= len(publish_t)
+                # with verification, the verified poses come later: wait for quiet
+                done = len(received) >= len(publish_t) and map_path is None
                 quiet = time.monotonic() - max(last_rx[0], play_end) > settle
             if done or quiet or not proc.alive():
                 break
@@ -268,9 +312,38 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
         if pub_of[i] is not None:
             m.ms[i] = m.extra['e2e_ms'][i] = (t_rx - publish_t[pub_of[i]]) * 1e3
     methods = {f'{MODEL_METHOD}_live': m}
+    gt = GroundTruth(names, np.asarray(stamps, np.float64) / 1e9, gt_pos, gt_quat)
+    extra: dict = {}
+    if map_path is not None:
+        r = MethodResult.empty(n, f'refined poses the node verified against {map_path.name} '
+                                  '(~/verified_pose, refine: continuous); frames without one '
+                                  'count as failures; ms = image publish -> verified pose')
+        for i, key in enumerate(_match(stamps, list(verified))):
+            if key is None:
+                continue
+            t_rx, p, q = verified[key]
+            r.valid[i] = True
+            r.positions[i], r.quaternions[i] = p, canonicalize_quaternion(q)
+            if pub_of[i] is not None:
+                r.ms[i] = (t_rx - publish_t[pub_of[i]]) * 1e3
+        methods['refined_live'] = r
+
+        def diag_ms(key):
+            try:
+                return float(last_diag.get(key, 'nan'))
+            except ValueError:
+                return math.nan
+
+        stages = {'total': {'p50': diag_ms('refine_ms_p50'), 'p95': diag_ms('refine_ms_p95')}}
+        statuses = ['verified' if ok else 'unverified' for ok in r.valid]
+        extra['verification'] = verification_summary(m, r, gt, map_path, statuses,
+                                                      np.full(n, np.nan), stages)
+        extra['verification']['node_diagnostics'] = dict(last_diag)
+        notes.append('live verification: frames without a verified pose (unverified, rejected '
+                     'or skipped while the verification thread was busy) count as unverified; '
+                     "refinement ms are the node's own (diagnostics refine_ms_p50/p95)")
     if train:
         _add_baselines(methods, train, extractor, feats, n, progress, train_src)
-    gt = GroundTruth(names, np.asarray(stamps, np.float64) / 1e9, gt_pos, gt_quat)
     n_pub = sum(k is not None for k in pub_of)
     n_rx = int(m.valid.sum())
     e2e = m.extra['e2e_ms'][np.isfinite(m.extra['e2e_ms'])]
@@ -295,4 +368,14 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
                'what': 'end-to-end: image publish -> pose receipt'}
     return write_report(out, gt, methods, train_positions=train_pos, notes=notes,
                         title=title or f'Live evaluation of {model.name}', source=source,
-                        extra_summary={'live': live, 'latency': latency})
+                        extra_summary={'live': live, 'latency': latency, **extra})
+
+
+def _bag_topics(bag) -> set[str]:
+    """Topic names of a rosbag2 folder or file."""
+    from rosbags.rosbag2 import Reader
+
+    from posenet_ros.node.replay import _resolve_bag
+
+    with Reader(_resolve_bag(Path(bag))) as reader:
+        return set(reader.topics)
