@@ -57,29 +57,26 @@ ROS_CLI_FLAGS = {'--ros-args', '--params-file', '--log-level', '-p', '--param', 
 
 # Flags written on their own in inline code that belong to other tools.
 FOREIGN_FLAGS = {
-    '--system-site-packages': 'python3 -m venv: let a venv see apt-installed rclpy',
-    '--break-system-packages': 'pip: named in the README only to advise against it',
-    '--nproc_per_node': 'torchrun (multi-GPU training)',
-    '-a': "evo_ape's alignment flag, named to advise against it",
-    '--align': "evo_ape's long alignment flag, named to advise against it",
-    '--skip-keys': 'rosdep install',
-    '--packages-select': 'colcon build',
-    '--symlink-install': 'colcon build',
+    '--system-site-packages': 'python3 -m venv: lets the venv see the apt-installed rclpy',
 }
 
 # snake_case names in inline code that are other software's (not found in our code on purpose).
 FOREIGN_NAMES = {
-    'pose0': 'robot_localization: the first pose input of an EKF',
-    'pose0_config': 'robot_localization: which fields of pose0 are fused',
-    'set_initial_pose': 'Nav2 AMCL parameter (initial pose from its own params, not a topic)',
-    'initial_pose': 'Nav2 AMCL parameter',
-    'global_frame_id': 'Nav2 AMCL parameter',
-    'base_frame_id': 'Nav2 AMCL parameter',
-    'odom_frame_id': 'Nav2 AMCL parameter',
-    'use_namespace': 'nav2_bringup launch argument',
-    'evo_ape': 'the evo package (trajectory evaluation)',
-    'system_site_packages': 'venv option',
+    'pose0_config': 'robot_localization parameter: which fields of pose0 are fused',
+    'base_frame_id': 'Nav2 AMCL parameter our base_frame must match',
+    'odom_frame_id': 'Nav2 AMCL parameter our odom_frame must match',
+    'global_frame_id': 'Nav2 AMCL parameter our map frame must match',
 }
+
+
+_USED_ALLOWED: set[str] = set()  # allow-list entries the docs needed (each must be needed)
+
+
+def _allowed(name: str, allow_list: dict) -> bool:
+    if name in allow_list:
+        _USED_ALLOWED.add(name)
+        return True
+    return False
 
 
 # --- what the code has ---------------------------------------------------------------------------
@@ -366,9 +363,9 @@ def _check_flags(where, tail, parser, what, report):
 def check_code(where, code: str, report, standalone: bool = False) -> None:
     """Commands, flags and ``name:=value`` arguments in one line or inline span of code."""
     found = False
-    for m in re.finditer(r'(?<![\w/.-])posenet-ros(?:\s+([^\s\]]+))?', code):
+    for m in re.finditer(r'(?<![\w/.-])posenet-ros(?:\s+([^\s\]`\'")]+))?', code):
         found = True
-        cmd = m.group(1)
+        cmd = (m.group(1) or '').rstrip('.,:;')
         if not cmd or cmd.startswith(('-', '<', '.', '#')) or not cmd[0].isalpha():
             continue
         if cmd not in cli.COMMANDS:
@@ -425,7 +422,7 @@ def check_code(where, code: str, report, standalone: bool = False) -> None:
             report(where, f'the node has no topic or service ~/{m.group(1)}')
     if standalone and not found and code.startswith('-'):
         for flag in _FLAG_RE.findall(code):
-            if flag not in all_flags() and flag not in FOREIGN_FLAGS:
+            if flag not in all_flags() and not _allowed(flag, FOREIGN_FLAGS):
                 report(where, f'{flag}: no posenet_ros command or script accepts it')
 
 
@@ -451,15 +448,14 @@ def check_span(where, span: str, block: Block, report) -> None:
     suffix = P.SPECS['tf_child_suffix'].default  # example frames like camera_optical_posenet
     for name in names:
         stem = name.removesuffix(suffix)
-        if stem not in code_words() and name not in FOREIGN_NAMES:
+        if stem not in code_words() and not _allowed(name, FOREIGN_NAMES):
             report(where, f'{name!r} is not a name in this package (parameter, key, flag...)')
     if _DIAG_SHAPED_RE.fullmatch(span) and span not in diagnostics_keys():
         report(where, f'{span!r} is not a diagnostics key')
     # in a sentence about diagnostics, a bare name must be a key (or another name of the node)
     if (re.search(r'diagnostics', block.text, re.I) and not block.table_header
             and re.fullmatch(r'[A-Za-z_][\w<>]*(?: [\w<>]+)*', span)
-            and ' ' in span and not _known_name(span)
-            and span not in FOREIGN_NAMES):
+            and ' ' in span and not _known_name(span)):
         report(where, f'{span!r} is not a diagnostics key (nor a parameter, topic...)')
 
 
@@ -506,7 +502,40 @@ def check_yaml(where, text: str, report) -> None:
         if ours and isinstance(body, dict):
             for key in body.get('ros__parameters') or {}:
                 if key not in node_params() | ROS_BUILTIN_PARAMS:
-                    report(where, f'{key}: the node has no such parameter')
+                    m = re.search(rf'^\s*{re.escape(str(key))}\s*:', text, re.M)
+                    line = where + (text.count('\n', 0, m.start()) if m else 0)
+                    report(line, f'{key}: the node has no such parameter')
+
+
+def github_anchor(heading: str) -> str:
+    """The ``#fragment`` GitHub gives a heading."""
+    text = re.sub(r'[`*_]', '', heading).strip().lower()
+    return re.sub(r'[^\w\- ]', '', text).replace(' ', '-')
+
+
+def headings(text: str) -> list[str]:
+    return [h.strip() for h in re.findall(r'^#+\s+(.+)$', _FENCE_RE.sub('', text), re.M)]
+
+
+def anchors(text: str) -> set[str]:
+    return {github_anchor(h) for h in headings(text)}
+
+
+def check_links(text: str, base: Path, report) -> None:
+    """Relative markdown links point to existing files, and their ``#fragment`` to a heading."""
+    for m in re.finditer(r'\]\(([^)\s]+)\)', text):
+        target = m.group(1)
+        if re.match(r'[a-z]+:', target):
+            continue  # https:, mailto:
+        where = text.count('\n', 0, m.start()) + 1
+        path, _, fragment = target.partition('#')
+        file = (base / path).resolve()
+        if path and not file.exists():
+            report(where, f'link to {path}: no such file')
+        elif fragment and (not path or file.suffix == '.md'):
+            heads = anchors(file.read_text() if path else text)
+            if fragment not in heads:
+                report(where, f'link to #{fragment}: no such heading in {path or "this file"}')
 
 
 def check_text(text: str, name: str = '<text>') -> list[str]:
@@ -516,6 +545,7 @@ def check_text(text: str, name: str = '<text>') -> list[str]:
     def report(line, message):
         problems.append(f'{name}:{line}: {message}')
 
+    check_links(text, (ROOT / name).parent, report)
     for block in blocks(text):
         if block.fenced:
             if block.lang in ('yaml', 'yml'):
@@ -536,6 +566,28 @@ def test_docs_name_only_what_exists():
                 for p in check_text(f.read_text(), str(f.relative_to(ROOT)))]
     assert not problems, 'the documentation names things that do not exist:\n' + '\n'.join(
         problems)
+    unused = (set(FOREIGN_FLAGS) | set(FOREIGN_NAMES)) - _USED_ALLOWED
+    assert not unused, f'allow-list entries no document needs (remove them): {sorted(unused)}'
+
+
+def test_files_cite_readme_sections_that_exist():
+    readme = set(headings((ROOT / 'README.md').read_text()))
+    files = [*ROOT.glob('requirements/*'), *ROOT.glob('config/*'), *ROOT.glob('docs/*.md'),
+             *ROOT.glob('posenet_ros/**/*.py'), *ROOT.glob('scripts/*'), *ROOT.glob('launch/*'),
+             ROOT / 'package.xml', ROOT / 'Makefile', ROOT / 'setup.py']
+    cited = 0
+    for f in files:
+        for title in re.findall(r'README[,:]?\s+(?:section\s+)?"([^"]+)"', f.read_text()):
+            cited += 1
+            assert title in readme, f'{f.relative_to(ROOT)} cites README "{title}": no such ' \
+                                      'section'
+    assert cited, 'no README citation found: is the pattern still right?'
+
+
+def test_citation_version_is_the_package_version():
+    version = re.search(r'<version>([^<]+)</version>', (ROOT / 'package.xml').read_text())
+    cited = re.findall(r'version\s*=\s*\{([^}]+)\}', (ROOT / 'README.md').read_text())
+    assert cited == [version.group(1)]
 
 
 def test_every_command_parser_is_captured():
@@ -570,6 +622,9 @@ def test_every_command_parser_is_captured():
     ('## Diagnostics\n\n| Key | Meaning |\n| --- | --- |\n'
      '| `rejected_<reason>` | per reason: `conversion`, `bad_luck` |\n', "'bad_luck' is not a"),
     ('Run `make demos`.', "no target 'demos'"),
+    ('See [the node](docs/node.md#no-such-section).', 'no such heading in docs/node.md'),
+    ('See [the node](docs/nodes.md).', 'no such file'),
+    ('## Real heading\n\nSee [above](#real-headin).', 'no such heading in this file'),
 ])
 def test_a_made_up_name_is_reported(snippet, expected):
     problems = check_text(snippet)
