@@ -13,7 +13,14 @@ code itself so a new parameter, topic or flag is picked up without touching this
   ``scripts/<script>.py --flag`` against that command's own argparse parser, captured by running
   its ``main`` with ``parse_args`` patched to stop before anything else happens;
 * any other ``snake_case`` name in inline code against the words of the package's code and
-  configuration (so a made-up name is caught even where its kind is not obvious).
+  configuration (so a made-up name is caught even where its kind is not obvious);
+* ``make <target>`` against the Makefile, relative links and their ``#anchors`` against the files
+  and headings they point to, and ``README "<section>"`` citations in the repository's files
+  against the README's headings.
+
+Where names are read: fenced code blocks (backslash continuations joined; ``yaml`` blocks parsed,
+and checked when they configure this node), inline code spans, and the first column of the
+interface, diagnostics, parameter and launch-argument tables.
 
 Names that are deliberately not ours (other tools' flags and parameters) are allow-listed below,
 each with the reason.
@@ -142,7 +149,7 @@ def interface_name_ok(name: str) -> bool:
 
 @cache
 def reject_reasons() -> frozenset[str]:
-    reasons = set(re.findall(r"_reject\(\s*'(\w+)'", NODE_SOURCE.read_text()))
+    reasons = set(re.findall(r"reject\(\s*'(\w+)'", NODE_SOURCE.read_text()))
     assert reasons, 'no _reject(...) call found in the node source'
     return frozenset(reasons)
 
@@ -150,13 +157,15 @@ def reject_reasons() -> frozenset[str]:
 @cache
 def diagnostics_keys() -> frozenset[str]:
     keys = set(NodeStats().snapshot()['values'])
-    keys |= set(re.findall(r"values\['(\w+)'\]\s*=", NODE_SOURCE.read_text()))
+    src = NODE_SOURCE.read_text()
+    keys |= set(re.findall(r"values\['(\w+)'\]\s*=", src))
+    keys |= set(re.findall(r"KeyValue\(\s*key='(\w+)'", src))
     keys |= {f'rejected_{r}' for r in reject_reasons()} | {'rejected_<reason>'}
     assert {'frames_received', 'model_id', 'tf_mode'} <= keys, keys
     return frozenset(keys)
 
 
-class _CapturedParserError(Exception):
+class _CapturedParserError(BaseException):  # not Exception: a main's `except Exception` misses it
     def __init__(self, parser: argparse.ArgumentParser):
         super().__init__(parser.prog)
         self.parser = parser
