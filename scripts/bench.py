@@ -10,7 +10,9 @@ Runs, each in its own process (so its peak memory is measured alone):
 3. training throughput with and without the decoded-image cache (``scripts/bench_training.py``)
    on a small synthetic dataset rendered here;
 4. geometric verification (``scripts/bench_refine.py``): refinement latency at 640x480 by stage
-   (p50/p95), map build time, size and load time for the demo scene (and 1,000 frames).
+   (p50/p95), map build time, size and load time for the demo scene (and 1,000 frames);
+5. the node with verification (``scripts/bench_node_refine.py``): coarse latency with
+   ``refine`` off / request / continuous, and ``~/relocalize`` answer times, in one run.
 
 Each script reports medians/percentiles over its repeated runs. The machine and versions are
 recorded with the numbers. No number is asserted: this machine is noisy, compare ratios measured
@@ -108,8 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         '--queries', '20' if args.quick else '60', *([] if args.quick else ['--large', '1000']),
         '--work', str(out / 'refine'), '--json', str(out / 'refine.json')], out / 'refine.log')
 
+    procs['node_refine'] = run('node with verification', [
+        py, 'scripts/bench_node_refine.py', '--duration', '8' if args.quick else '15',
+        '--calls', '5' if args.quick else '15', '--json', str(out / 'node_refine.json')],
+        out / 'node_refine.log')
+
     for key, fname in (('inference', 'inference.json'), ('node', 'node.json'),
-                       ('training', 'training.json'), ('refine', 'refine.json')):
+                       ('training', 'training.json'), ('refine', 'refine.json'),
+                       ('node_refine', 'node_refine.json')):
         report[key] = json.loads((out / fname).read_text())
         report[key]['process'] = procs[key]
     (out / 'bench.json').write_text(json.dumps(report, indent=1))
@@ -162,7 +170,20 @@ def format_table(report: dict) -> str:
             m = ref[key]
             lines.append(f'| map of the {what} ({m["frames"]} frames): build, size, load | '
                          f'{m["build_s"]} s, {m["size_mb"]} MB, {m["load_s"]} s |')
-    for key in ('inference', 'node', 'training', 'refine'):
+    nr = report['node_refine']
+    for name in ('refine_off', 'refine_request', 'refine_continuous'):
+        r = nr.get(name, {})
+        if 'p50_ms' in r:
+            lines.append(f'| node coarse ~/pose, {name.replace("_", ": ")}, p50/p99 ms | '
+                         f'{r["p50_ms"]}/{r["p99_ms"]}'
+                         + (f', {r["verified_per_s"]} verified/s' if 'verified_per_s' in r
+                            else '') + ' |')
+    rel = nr.get('relocalize', {})
+    if rel:
+        lines.append(f'| ~/relocalize: verified answers, frame -> answer p50/max ms | '
+                     f'{rel["verified_answers"]}/{rel["calls"]}, '
+                     f'{rel["frame_to_answer_ms_p50"]}/{rel["frame_to_answer_ms_max"]} |')
+    for key in ('inference', 'node', 'training', 'refine', 'node_refine'):
         p = report[key]['process']
         lines.append(f'| peak RSS of the {key} process | {p["peak_rss_mb"]} MB '
                      f'({p["wall_s"]} s) |')

@@ -96,3 +96,25 @@ def test_node_latency_benchmark_runs_end_to_end(tmp_path):
         assert np.isfinite(res[key]) and res[key] > 0, (key, res[key])
     assert res['model_only']['p50_ms'] > 0 and res['model_only_int8']['p50_ms'] > 0
     assert 'naive / node latency' in proc.stdout
+
+
+def test_node_refine_benchmark_runs_end_to_end(tmp_path):
+    """The node with refine off / request / continuous and ~/relocalize calls, small sizes."""
+    out = tmp_path / 'bench_refine.json'
+    cmd = [sys.executable, str(ROOT / 'scripts' / 'bench_node_refine.py'), '--width', '320',
+           '--height', '240', '--crop', '64', '--map-frames', '40', '--duration', '3',
+           '--warmup', '0.5', '--calls', '2', '--json', str(out)]
+    env = ros_env(0, tmp_path / 'log')  # the script picks its own domain id
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                          cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    for name in ('refine_off', 'refine_request', 'refine_continuous'):
+        r = res[name]
+        assert r['answered'] >= 0.5 * r['sent'] > 0, (name, r)
+        assert 0.0 < r['p50_ms'] <= r['p99_ms'], (name, r)
+    assert res['refine_continuous']['verified_poses'] > 0
+    rel = res['relocalize']
+    assert rel['calls'] == 2 and rel['verified_answers'] >= 1, rel['rows']
+    assert rel['error_m_max'] < 0.05 and rel['frame_to_answer_ms_p50'] > 0
+    assert res['map']['mb'] > 0 and np.isfinite(res['ratio_request_vs_off_p50'])

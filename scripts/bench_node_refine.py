@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""The node with verification: coarse latency with and without ``refine``, ~/relocalize timing.
+
+In one run, on rendered 640x480 rgb8 frames of the synthetic courtyard streamed at 30 Hz:
+
+1. ``refine: off`` - the node's coarse ``~/pose`` latency (image stamp -> pose receipt): the
+   baseline;
+2. ``refine: request`` with a scene map, no request pending - the same latency (the target:
+   unchanged, verification only runs while a call waits);
+3. the same node answering ``~/relocalize`` calls while frames stream: for each call, the time
+   from publishing the frame that answered to the answer, the time from the call to the answer,
+   and whether it was verified and how far from the renderer's pose;
+4. ``refine: continuous`` - the coarse latency while every frame it keeps up with is also
+   verified on the node's second thread, and the verified rate.
+
+The model is EfficientNet-Lite0 with its ImageNet trunk and an untrained pose head: its coarse
+pose is meaningless, but its features retrieve map frames, which is what verification needs
+from it (the cost of verification does not depend on the head). The map is built from 60
+training-lap frames at 640x480 (SIFT).
+
+    python scripts/bench_node_refine.py                    # ~3 min on a 2-core CPU
+    python scripts/bench_node_refine.py --calls 20 --json bench_results/node_refine.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'scripts'))
+import bench_node_latency as bnl  # noqa: E402  (the shared publisher, summary and process helpers)
+
+TOPIC = bnl.TOPIC
+
+
+def _scene(tmp: Path, width: int, height: int, n_map: int, n_test: int):
+    """Map dataset (training laps) and streamed test frames with their true poses."""
+    from posenet_ros.synthetic import SceneConfig, make_scene, render, trajectory, write_dataset
+
+    cfg = SceneConfig(seed=0, width=width, height=height, fx=width * 0.85, n_train=n_map,
+                      n_test=1)
+    ds = write_dataset(tmp / 'dataset', cfg, progress=False)
+    scene, K = make_scene(0), cfg.K()
+    poses = trajectory('test', n=n_test)
+    frames = [render(scene, p, q, K, width, height) for p, q in poses]
+    return ds, K, frames, poses
+
+
+def _export(tmp: Path, crop: int) -> Path:
+    import torch
+
+    from posenet_ros.export import export_model
+    from posenet_ros.model import build_posenet
+
+    torch.manual_seed(0)
+    net = build_posenet('efficientnet_lite0', 'imagenet').eval()
+    return export_model(net, out_dir=tmp, name='bench_refine', resize=crop * 8 // 7, crop=crop,
+                        pt2=False).ts_path
+
+
+class RefineBench(bnl.Bench):
+    """The latency bench plus CameraInfo and ~/relocalize calls."""
+
+    def __init__(self, domain, frames, K):
+        super().__init__(domain, frames)
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo
+        from std_srvs.srv import Trigger
+
+        self.info = CameraInfo()
+        self.info.height, self.info.width = frames[0].shape[:2]
+        self.info.k = [float(v) for v in np.asarray(K).reshape(-1)]
+        self.info_pub = self.node.create_publisher(
+            CameraInfo, TOPIC.rsplit('/', 1)[0] + '/camera_info',
+            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        from geometry_msgs.msg import PoseWithCovarianceStamped
+
+        self.trigger = Trigger
+        self.client = self.node.create_client(Trigger, '/bench/posenet_relocalizer/relocalize')
+        self.verified = 0
+        self.node.create_subscription(
+            PoseWithCovarianceStamped, '/bench/posenet_relocalizer/verified_pose',
+            lambda _: setattr(self, 'verified', self.verified + 1),
+            QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+
+    def calls(self, n: int, rate: float, truth, timeout: float = 5.0) -> list[dict]:
+        """``n`` ~/relocalize calls, each while streaming frames at ``rate`` Hz."""
+        from posenet_ros import geometry
+
+        if not self.client.wait_for_service(timeout_sec=30.0):
+            raise SystemExit('~/relocalize did not appear')
+        out = []
+        period = 1.0 / rate
+        for c in range(n):
+            sent = {}
+            t_call = time.time()
+            future = self.client.call_async(self.trigger.Request())
+            i = c * 7  # start each call on another frame of the loop
+            while not future.done() and time.time() - t_call < timeout:
+                msg = self.msgs[i % len(self.msgs)]
+                t = time.time()
+                msg.header.stamp.sec, msg.header.stamp.nanosec = int(t), int((t % 1) * 1e9)
+                self.info.header.stamp = msg.header.stamp
+                self.info_pub.publish(self.info)
+                self.pub.publish(msg)
+                sent[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = (t, i % len(self.msgs))
+                i += 1
+                time.sleep(period)
+            t_done = time.time()
+            if not future.done():
+                out.append({'answered': False})
+                continue
+            res = future.result()
+            row = {'answered': True, 'success': bool(res.success),
+                   'call_to_answer_ms': round((t_done - t_call) * 1000.0, 1)}
+            if res.success:
+                doc = json.loads(res.message)
+                key = (doc['stamp']['sec'], doc['stamp']['nanosec'])
+                t_pub, k = sent[key]
+                row['frame_to_answer_ms'] = round((t_done - t_pub) * 1000.0, 1)
+                p, q = truth[k]
+                row['error_m'] = round(float(np.linalg.norm(
+                    np.asarray(doc['camera']['position']) - p)), 4)
+                row['error_deg'] = round(float(geometry.rotation_error_deg(
+                    geometry.xyzw_to_wxyz(np.asarray(doc['camera']['orientation_xyzw'])), q)), 3)
+                row['verification_ms'] = doc['verification']['ms']
+            else:
+                row['reason'] = res.message
+            out.append(row)
+            time.sleep(0.3)
+        return out
+
+
+def _pct(vals, q):
+    vals = [v for v in vals if v is not None]
+    return round(float(np.percentile(vals, q)), 1) if vals else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--width', type=int, default=640)
+    ap.add_argument('--height', type=int, default=480)
+    ap.add_argument('--crop', type=int, default=112)
+    ap.add_argument('--rate', type=float, default=30.0)
+    ap.add_argument('--duration', type=float, default=10.0, help='seconds per latency run')
+    ap.add_argument('--warmup', type=float, default=2.0)
+    ap.add_argument('--threads', type=int, default=1, help='torch CPU threads of the node')
+    ap.add_argument('--map-frames', type=int, default=60)
+    ap.add_argument('--calls', type=int, default=10, help='~/relocalize calls')
+    ap.add_argument('--no-shm', action='store_true', help='default Fast DDS transports')
+    ap.add_argument('--json', help='write the results here')
+    args = ap.parse_args(argv)
+
+    from posenet_ros.verify.build import build_map
+
+    tmp = Path(tempfile.mkdtemp(prefix='posenet_bench_refine_'))
+    domain = random.randint(1, 101)
+    env = bnl._env(domain, str(tmp / 'log'), not args.no_shm)
+    os.environ.update({k: env[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOG_DIR')})
+    if not args.no_shm:
+        os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = env['FASTDDS_DEFAULT_PROFILES_FILE']
+    print(f'rendering {args.map_frames} map frames and 24 test frames at '
+          f'{args.width}x{args.height}...', flush=True)
+    ds, K, frames, truth = _scene(tmp, args.width, args.height, args.map_frames, 24)
+    model = _export(tmp, args.crop)
+    t0 = time.monotonic()
+    map_path, header = build_map(model, dataset=ds, progress=False)
+    results = {'config': {k: v for k, v in vars(args).items() if k != 'json'},
+               'map': {'build_s': round(time.monotonic() - t0, 1),
+                       'mb': round(map_path.stat().st_size / 1e6, 1),
+                       'points': int(header.get('n_points', 0))}}
+    print(f'map: {json.dumps(results["map"])}', flush=True)
+    bench = RefineBench(domain, frames, K)
+
+    def node_cmd(refine):
+        return [sys.executable, '-m', 'posenet_ros.node.relocalize_node', '--ros-args',
+                '--params-file', str(ROOT / 'config' / 'relocalize.yaml'),
+                '-p', f'model_path:={model}', '-p', 'device:=cpu',
+                '-p', f'num_threads:={args.threads}', '-p', f'image_topic:={TOPIC}',
+                '-p', f'refine:={refine}', '-p', 'relocalize_timeout:=5.0',
+                '-p', 'tf_mode:=none', '-r', '__ns:=/bench']
+
+    topic = '/bench/posenet_relocalizer/pose'
+    try:
+        for name, refine in (('refine_off', 'off'), ('refine_request', 'request'),
+                             ('refine_continuous', 'continuous')):
+            print(f'--- {name}: starting', flush=True)
+            proc = bnl._start(node_cmd(refine), env, tmp / f'{name}.log', 'ready: model')
+            try:
+                bench.listen(topic)
+                if not bench.wait_matched():
+                    raise SystemExit(f'{name}: topics did not match')
+                time.sleep(0.5)
+                bench.verified = 0
+                sent = bench.run(args.rate, args.duration)
+                results[name] = bnl.summarize(sent, dict(bench.received), args.warmup)
+                if refine == 'continuous':
+                    results[name]['verified_poses'] = bench.verified
+                    results[name]['verified_per_s'] = round(bench.verified / args.duration, 1)
+                print(f'{name}: {json.dumps(results[name])}', flush=True)
+                if name == 'refine_request':
+                    rows = bench.calls(args.calls, args.rate, truth)
+                    ok = [r for r in rows if r.get('success')]
+                    frame_ms = [r['frame_to_answer_ms'] for r in ok]
+                    summary = {
+                        'calls': len(rows), 'verified_answers': len(ok),
+                        'frame_to_answer_ms_p50': _pct(frame_ms, 50),
+                        'frame_to_answer_ms_max': _pct(frame_ms, 100),
+                        'call_to_answer_ms_p50': _pct([r['call_to_answer_ms'] for r in ok], 50),
+                        'error_m_max': max((r['error_m'] for r in ok), default=None)}
+                    results['relocalize'] = {**summary, 'rows': rows}
+                    print(f'relocalize: {json.dumps(summary)}', flush=True)
+            finally:
+                bnl._stop(proc)
+            log = (tmp / f'{name}.log').read_text(errors='replace')
+            results[name]['log_tail'] = log.splitlines()[-3:]
+    finally:
+        bench.close()
+    off, req = results['refine_off'], results['refine_request']
+    if 'p50_ms' in off and 'p50_ms' in req:
+        results['ratio_request_vs_off_p50'] = round(req['p50_ms'] / off['p50_ms'], 2)
+        results['ratio_request_vs_off_p99'] = round(req['p99_ms'] / off['p99_ms'], 2)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    print(json.dumps({k: v for k, v in results.items() if k != 'relocalize'}, indent=1))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
