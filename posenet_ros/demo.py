@@ -1,9 +1,10 @@
 """``posenet-ros demo``: the whole pipeline on the embedded synthetic scene, end to end.
 
 1. render the synthetic courtyard (training/test dataset folder + a rosbag2 of the test run);
-2. train a CPU-sized PoseNet (``config/train_demo_cpu.yaml``) and export it to ``models/``;
+2. train a CPU-sized PoseNet (``config/train_demo_cpu.yaml``), export it to ``models/`` and
+   build its scene map beside it (``models/demo.map.npz``);
 3. evaluate the export offline on the test split (with the mean-pose and nearest-neighbour
-   baselines);
+   baselines), coarse and verified against the map side by side;
 4. start the real ROS 2 node, replay the test bag into it over DDS and evaluate what it publishes
    (accuracy plus end-to-end latency);
 5. print a short summary with the paths of the reports and plots.
@@ -112,11 +113,26 @@ def run_demo(out: Path, *, tiny: bool = False, force: bool = False, device: str 
         print(f'reusing {model_ts} (same config and data)')
     timings['train_s'] = time.perf_counter() - t0
 
+    # The scene map for verification, beside the export (rebuilt with the model).
+    from posenet_ros.verify.build import build_map
+    from posenet_ros.verify.mapfile import default_map_path
+
+    map_path = default_map_path(model_ts)
+    map_stamp = models_dir / f'.{name}.map.stamp'
+    t0 = time.perf_counter()
+    if force or not (map_path.is_file() and _reuse(map_stamp, train_key)):
+        print(f'building the scene map {map_path} from the training frames', flush=True)
+        build_map(model_ts, map_path, dataset=data_dir, device=device, progress=True)
+        map_stamp.write_text(train_key)
+    else:
+        print(f'reusing {map_path} (same model)')
+    timings['map_s'] = time.perf_counter() - t0
+
     # 3. offline evaluation -----------------------------------------------------------------
-    _step(3, 'evaluating the exported model offline on the test split')
+    _step(3, 'evaluating the exported model offline on the test split (coarse and verified)')
     t0 = time.perf_counter()
     offline = evaluate(model_ts, out / 'eval_offline', dataset=data_dir, split='test',
-                       device=device, title='demo (offline)')
+                       device=device, title='demo (offline)', map_path=map_path)
     timings['offline_eval_s'] = time.perf_counter() - t0
 
     # 4. live evaluation through the node --------------------------------------------------
@@ -137,7 +153,8 @@ def run_demo(out: Path, *, tiny: bool = False, force: bool = False, device: str 
     # 5. summary ---------------------------------------------------------------------------
     _step(5, 'summary')
     timings['total_s'] = time.perf_counter() - t_start
-    summary = {'model': str(model_ts), 'offline': offline, 'live': live_summary,
+    summary = {'model': str(model_ts), 'map': str(map_path), 'offline': offline,
+               'live': live_summary,
                'timings': timings, 'reports': {'offline': str(out / 'eval_offline'),
                                                'live': str(out / 'eval_live') if live else None}}
     (out / 'summary.json').write_text(json.dumps(summary, indent=2, default=str))
@@ -156,6 +173,13 @@ def format_summary(summary: dict) -> str:
         methods = rep.get('methods', {})
         for name, s in methods.items():
             lines.append(_fmt_row(name, s))
+        ver = rep.get('verification') or {}
+        if ver:
+            lines.append(f'  verified against the map: {ver["n_verified"]} of {ver["n_frames"]} '
+                         f'frames, median error {ver["verified_median_t_m"] * 100:.1f} cm / '
+                         f'{ver["verified_median_r_deg"]:.2f} deg, wrong (> 0.25 m or > 2 deg) '
+                         f'{ver["n_wrong_verified"]}; refinement p50 '
+                         f'{ver["ms"]["total"]["p50"]:.0f} ms')
         lat = rep.get('latency') or {}
         if lat:
             lines.append('  end-to-end latency (image publish -> pose receipt): '

@@ -37,6 +37,12 @@ def test_demo_pipeline_tiny(tmp_path):
         assert (Path(summary['reports'][key]) / 'summary.md').is_file()
     offline = summary['offline']['methods']['posenet']
     assert offline['n_frames'] == 12 and offline['n_failed'] == 0
+    # the scene map was built beside the export and every test frame was verified or refused
+    assert Path(summary['map']).is_file() and 'refined' in summary['offline']['methods']
+    ver = summary['offline']['verification']
+    assert ver['n_frames'] == 12 and ver['n_verified'] + ver['n_unverified'] + \
+        ver['n_rejected'] == 12
+    assert 'verified against the map' in proc.stdout
     live = summary['live']
     # Every test frame was published into the node; the node answered most of them and its
     # latency was measured per answered frame.
