@@ -178,6 +178,9 @@ def format_table(report: dict) -> str:
                          f'{r["p50_ms"]}/{r["p99_ms"]}'
                          + (f', {r["verified_per_s"]} verified/s' if 'verified_per_s' in r
                             else '') + ' |')
+    if 'node_load_s' in nr.get('map', {}):
+        lines.append(f'| node start-up: scene map loaded in | {nr["map"]["node_load_s"]} s '
+                     f'({nr["map"]["mb"]} MB) |')
     rel = nr.get('relocalize', {})
     if rel:
         lines.append(f'| ~/relocalize: verified answers, frame -> answer p50/max ms | '

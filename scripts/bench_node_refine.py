@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -224,6 +225,9 @@ def main(argv=None) -> int:
                 bnl._stop(proc)
             log = (tmp / f'{name}.log').read_text(errors='replace')
             results[name]['log_tail'] = log.splitlines()[-3:]
+            loaded = re.search(r'loaded scene map .* in ([0-9.]+) s', log)
+            if loaded:  # the node's own start-up time for the map (file, matcher, features)
+                results['map']['node_load_s'] = float(loaded.group(1))
     finally:
         bench.close()
     off, req = results['refine_off'], results['refine_request']

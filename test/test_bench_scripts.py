@@ -118,3 +118,4 @@ def test_node_refine_benchmark_runs_end_to_end(tmp_path):
     assert rel['calls'] == 2 and rel['verified_answers'] >= 1, rel['rows']
     assert rel['error_m_max'] < 0.05 and rel['frame_to_answer_ms_p50'] > 0
     assert res['map']['mb'] > 0 and np.isfinite(res['ratio_request_vs_off_p50'])
+    assert res['map']['node_load_s'] >= 0
