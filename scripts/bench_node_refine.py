@@ -162,6 +162,7 @@ def main(argv=None) -> int:
     ap.add_argument('--json', help='write the results here')
     args = ap.parse_args(argv)
 
+    from posenet_ros.verify import load_map
     from posenet_ros.verify.build import build_map
 
     tmp = Path(tempfile.mkdtemp(prefix='posenet_bench_refine_'))
@@ -175,11 +176,11 @@ def main(argv=None) -> int:
     ds, K, frames, truth = _scene(tmp, args.width, args.height, args.map_frames, 24)
     model = _export(tmp, args.crop)
     t0 = time.monotonic()
-    map_path, header = build_map(model, dataset=ds, progress=False)
+    map_path, _ = build_map(model, dataset=ds, progress=False)
     results = {'config': {k: v for k, v in vars(args).items() if k != 'json'},
                'map': {'build_s': round(time.monotonic() - t0, 1),
                        'mb': round(map_path.stat().st_size / 1e6, 1),
-                       'points': int(header.get('n_points', 0))}}
+                       'points': int(len(load_map(map_path).points))}}
     print(f'map: {json.dumps(results["map"])}', flush=True)
     bench = RefineBench(domain, frames, K)
 
