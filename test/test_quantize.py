@@ -52,8 +52,8 @@ CROP = 48
 N_CALIBRATION = 24
 # Bounds of test_int8_stays_close_to_fp32, as fractions of the mean pose's error: fp32 error,
 # int8 - fp32 difference in position and in rotation, int8 error. Worst cases measured over
-# seeds 0-2 x 4 CPU kernel paths: 0.106, 0.339, 0.193, 0.351 (docs/testing.md).
-BOUNDS = (0.2, 0.55, 0.35, 0.6)
+# seeds 0-2 x 7 CPU kernel paths: 0.139, 0.339, 0.193, 0.351 (docs/testing.md).
+BOUNDS = (0.22, 0.55, 0.35, 0.6)
 
 
 @pytest.fixture(scope='module')

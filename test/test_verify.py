@@ -47,8 +47,10 @@ MIN_VERIFIED = 0.9
 MAX_MEDIAN_T, MAX_MEDIAN_R = 0.01, 0.1  # m, deg
 MAX_SURFACE_MEDIAN, MAX_SURFACE_P90 = 0.015, 0.07  # m, map points to the true surfaces
 # The briefly trained model (4 epochs, coarse median 3.4-4.2 m) over seeds 0-4: worst 83 %
-# verified (1.5x the unverified 17 % -> 75 %), worst median error 0.011 m, none wrong.
-MIN_VERIFIED_TRAINED, MAX_MEDIAN_T_TRAINED = 0.75, 0.017
+# verified, worst median error 0.011 m, none wrong. Over seeds 0-2 and seven CPU kernel paths
+# (scripts/learning_spread.py): worst 79 % verified and 0.0124 m, so the bounds (70 %,
+# 0.02 m) keep the worst case near 70 % of the margin (docs/testing.md).
+MIN_VERIFIED_TRAINED, MAX_MEDIAN_T_TRAINED = 0.7, 0.02
 WRONG = (0.25, 2.0)  # a verified pose farther than this is wrong (m, deg)
 
 
