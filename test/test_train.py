@@ -236,7 +236,7 @@ def test_training_beats_mean_pose_on_synthetic_scene(tmp_path):
     for term in ('l_x', 'l_q'):
         check_below(f'train.final_vs_first_epoch_{term}',
                     result.history[-1][term] / result.history[0][term],
-                    {'l_x': 0.4, 'l_q': 0.2}[term])
+                    {'l_x': 0.45, 'l_q': 0.2}[term])
     train_s, test_s = load_dataset(ds, 'train'), load_dataset(ds, 'test')
     true_p = np.stack([s.position for s in test_s])
     true_q = np.stack([s.quaternion for s in test_s])
@@ -252,8 +252,8 @@ def test_training_beats_mean_pose_on_synthetic_scene(tmp_path):
     print(f'model median {np.median(t_err):.2f} m / {np.median(r_err):.1f} deg, mean pose '
           f'{np.median(base_t):.2f} m / {np.median(base_r):.1f} deg, ratios {ratio_t:.2f} / '
           f'{ratio_r:.2f}')
-    # Worst of seeds 0-2 x 3 CPU kernel paths: 0.28 / 0.12 (docs/testing.md).
-    check_below('train.test_error_vs_mean_pose_m', ratio_t, 0.45)
+    # Worst of seeds 0-2 x 7 CPU kernel paths x 1-2 threads: 0.31 / 0.12 (docs/testing.md).
+    check_below('train.test_error_vs_mean_pose_m', ratio_t, 0.5)
     check_below('train.test_error_vs_mean_pose_deg', ratio_r, 0.25)
     meta = read_metadata(result.export_ts)
     assert meta['training']['epochs'] == 14 and meta['training']['n_train'] == 128
