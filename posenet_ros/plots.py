@@ -43,32 +43,51 @@ def _cdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return finite, np.arange(1, finite.size + 1) / max(n, 1)
 
 
+def _wide_range(series: list[np.ndarray]) -> bool:
+    """True when one method's median is under 1 % of the largest error: a log axis shows both."""
+    finite = [np.asarray(v, float)[np.isfinite(v) & (np.asarray(v, float) > 0)] for v in series]
+    finite = [v for v in finite if v.size]
+    if len(finite) < 2:
+        return False
+    return min(float(np.median(v)) for v in finite) < 0.01 * max(float(v.max()) for v in finite)
+
+
 def plot_error_cdf(errors: Mapping[str, tuple[np.ndarray, np.ndarray]], path,
                    title: str = '') -> Path:
     """CDF of translation (m) and rotation (deg) errors for each named method.
 
     ``errors``: ``{name: (translation_m (N,), rotation_deg (N,))}``; the first entry is drawn
-    thickest (the model), the rest are baselines. Returns the PNG path.
+    thickest (the model), the rest are baselines. An axis is logarithmic when the methods'
+    errors span more than two orders of magnitude (e.g. refined poses in millimetres next to
+    coarse ones in metres). Returns the PNG path.
     """
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    log = [_wide_range([v[i] for v in errors.values()]) for i in (0, 1)]
     for k, (name, (t_err, r_err)) in enumerate(errors.items()):
-        for ax, values in zip(axes, (t_err, r_err)):
+        for i, (ax, values) in enumerate(zip(axes, (t_err, r_err))):
             x, y = _cdf(values)
             n_fail = int(np.sum(~np.isfinite(np.asarray(values))))
             label = name + (f' ({n_fail} failed)' if n_fail else '')
+            if log[i]:
+                x = np.maximum(x, 1e-6)  # a zero error sits at the axis' left end
             if x.size:
-                # Start the step curve at 0 so a method with one frame still shows a line.
-                ax.step(np.r_[0.0, x], np.r_[0.0, y], where='post', label=label,
+                # Start the step curve at 0 (linear axis) so one frame still shows a line.
+                x0 = x[0] if log[i] else 0.0
+                ax.step(np.r_[x0, x], np.r_[0.0, y], where='post', label=label,
                         linewidth=2.4 if k == 0 else 1.4)
             else:
                 ax.plot([], [], label=label + ' (no frame localised)')
-    for ax, unit in zip(axes, ('position error [m]', 'orientation error [deg]')):
-        ax.set_xlabel(unit)
+    for i, (ax, unit) in enumerate(zip(axes, ('position error [m]', 'orientation error [deg]'))):
         ax.set_ylabel('fraction of frames')
         ax.set_ylim(0, 1.02)
-        ax.set_xlim(left=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc='lower right')
+        if log[i]:
+            ax.set_xscale('log')
+            ax.set_xlabel(unit + ', log scale')
+        else:
+            ax.set_xlabel(unit)
+            ax.set_xlim(left=0)
+        ax.grid(alpha=0.3, which='both')
+        ax.legend(fontsize=8, loc='best' if log[i] else 'lower right')
     if title:
         fig.suptitle(title)
     return _save(fig, path)
