@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,9 @@ __all__ = ['Prediction', 'Relocalization', 'Relocalizer', 'resolve_device', 'mai
 
 # A raw quaternion norm below this means the network output no usable rotation.
 MIN_RAW_QNORM = 1e-6
+# Smallest shorter side (px) of a frame that gets a pose: a 1x1 or 4x4 image upsampled to the
+# network's input holds no view of anything (issue 14 found a 1x1 frame getting a pose).
+MIN_FRAME_SIDE = 16
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,6 +127,12 @@ def _check_frames(t: torch.Tensor, batch: bool) -> None:
         raise _frame_error('expected dtype uint8', f'{t.dtype}')
     if t.numel() == 0:
         raise _frame_error('frame has zero size', f'shape {tuple(t.shape)}')
+    h, w = int(t.shape[-3]), int(t.shape[-2])
+    if min(h, w) < MIN_FRAME_SIDE:
+        raise InvalidFrameError(
+            f'frame is {w}x{h} px; frames need at least {MIN_FRAME_SIDE} px on the shorter side '
+            '(below that nothing of a scene is left to relocalize from); check the camera driver '
+            'or the image topic')
 
 
 def _to_tensor(frames) -> torch.Tensor:
@@ -177,8 +187,14 @@ class Relocalizer:
         self.loaded_module = self.model
         if self.format == 'ts':
             # Inference only: freezing inlines weights and submodules (~10 % faster per frame on
-            # the CPU, bit-identical outputs).
-            self.model = torch.jit.freeze(self.model)
+            # the CPU, bit-identical outputs). torch 2.14 deprecates TorchScript in favour of
+            # torch.export/torch.compile and warns on every freeze; the pinned torch still
+            # supports it, and the warning would greet every node start (and every user of
+            # this class), so it is silenced here, the one place an export is frozen.
+            with warnings.catch_warnings():
+                warnings.filterwarnings('ignore', message=r'.*torch\.jit\.freeze',
+                                        category=FutureWarning)
+                self.model = torch.jit.freeze(self.model)
         resize = int(self.metadata['input']['resize'])
         h, w = warmup_size or (resize, (resize * 4) // 3)
         dummy = torch.full((1, int(h), int(w), 3), 127, dtype=torch.uint8, device=self.device)

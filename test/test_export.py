@@ -173,7 +173,7 @@ def test_relocalizer_on_pt2_and_its_shape_limits(exported):
     _, eager, result = exported
     reloc = Relocalizer(result.pt2_path, warmup=1)
     assert reloc.format == 'pt2' and reloc.model_id == result.metadata['model_id']
-    for shape in [(8, 8, 3), (121, 203, 3)]:
+    for shape in [(16, 16, 3), (121, 203, 3)]:  # 16 px: the Relocalizer's smallest frame
         frame = random_frames(shape, seed=11)
         with torch.no_grad():
             ref = eager(torch.from_numpy(frame)[None])[0].double().numpy()
@@ -181,4 +181,6 @@ def test_relocalizer_on_pt2_and_its_shape_limits(exported):
         np.testing.assert_allclose(pred.position, ref[:3], atol=1e-4)
         np.testing.assert_allclose(pred.quaternion_wxyz, ref[3:7], atol=1e-5)
     with pytest.raises(InvalidFrameError, match='8..8192 px'):
+        reloc.predict(random_frames((16, 8200, 3)))
+    with pytest.raises(InvalidFrameError, match='at least 16 px'):
         reloc.predict(random_frames((4, 40, 3)))

@@ -388,6 +388,18 @@ def test_raw_bad_input_is_rejected_and_node_keeps_answering(raw, frames, offline
     assert 'rejected frame (conversion)' in out and 'truncated' in out and '32FC1' in out
 
 
+def test_tiny_frames_get_no_pose(raw, frames):
+    """A 1x1 (or 8x8) image is valid rgb8 but shows nothing: rejected as invalid_frame."""
+    for size in (1, 8):
+        before = raw.rejected()
+        key = raw.send(rgb=np.full((size, size, 3), 90, np.uint8))
+        d = raw.diag(lambda d, b=before: int(d['frames_rejected']) > b)
+        assert int(d.get('rejected_invalid_frame', 0)) >= 1 and 'at least 16 px' in \
+            d['last_error'], d
+        assert raw.wait_pose(raw.send(rgb=frames[1]))[0] is not None
+        assert key not in raw.poses
+
+
 def test_stale_frames_are_dropped_and_counted(raw, frames):
     before = int(raw.diag()['frames_stale'])
     key = raw.send(rgb=frames[2], stamp=raw.stamp(offset_s=-120.0))

@@ -104,6 +104,8 @@ def nodes(session, scene):
     for name, proc in procs.items():
         assert proc.wait_for_output('ready: model', 120), f'{name} did not start:\n' + \
             proc.output()
+        # a clean start: no deprecation (or any other) warning before 'ready' (issue 14)
+        assert 'Warning' not in proc.output(), proc.output()
     yield procs
     for name, proc in procs.items():
         assert proc.alive(), f'{name} node died:\n{proc.output()}'

@@ -80,6 +80,8 @@ def test_predict_batch_tensor_and_views(reloc):
     (np.zeros((40, 40, 3), np.uint16), 'uint8'),
     (np.zeros((0, 40, 3), np.uint8), 'zero size'),
     (np.zeros((40, 0, 3), np.uint8), 'zero size'),
+    (np.zeros((1, 1, 3), np.uint8), r'1x1 px; .*at least 16 px'),  # 1x1 once got a pose
+    (np.zeros((15, 640, 3), np.uint8), r'640x15 px'),
     (np.array(['a']), 'uint8'),
 ])
 def test_invalid_frames_rejected_before_running(reloc, frame, match):
