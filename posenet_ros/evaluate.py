@@ -483,7 +483,8 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
             tquat.append(s.quaternion)
             rows.append(_predict_one(reloc, frame))
             if map_path is not None:
-                verifications.append(_verify_one(reloc, frame, s, rows[-1]))
+                # seeded with this frame's coarse pose, as the node does
+                verifications.append(reloc.verify(frame, s.intrinsics, *rows[-1][:2]))
             if dense:
                 dense_rows.append(_predict_dense(reloc, frame, resize, crop, dense))
             if extractor is not None:
@@ -553,13 +554,6 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
     return write_report(out_dir, gt, methods, title=title or f'Evaluation of {Path(model).name}',
                         source=source, train_positions=train_pos, notes=notes,
                         extra_summary=extra)
-
-
-def _verify_one(reloc, frame: np.ndarray, sample, row):
-    """Verification of one frame against the attached map, seeded with its coarse pose."""
-    pos, quat = row[0], row[1]
-    return reloc.localizer.localize(frame, sample.intrinsics, pos, quat,
-                                    reloc.global_feature(frame))
 
 
 def _add_refined(methods, coarse: MethodResult, vers: list, gt: GroundTruth, map_path) -> dict:

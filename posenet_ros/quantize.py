@@ -413,9 +413,7 @@ def compare_models(fp32_path, int8_path, latency_frames: Sequence[np.ndarray],
     from posenet_ros.metrics import frame_errors
     from posenet_ros.relocalizer import Relocalizer
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message=r'.*torch\.jit\.freeze', category=FutureWarning)
-        models = {'fp32': Relocalizer(fp32_path, 'cpu'), 'int8': Relocalizer(int8_path, 'cpu')}
+    models = {'fp32': Relocalizer(fp32_path, 'cpu'), 'int8': Relocalizer(int8_path, 'cpu')}
     ms = _interleaved_ms(models, latency_frames, rounds)
     result = {'fp32_ms': ms['fp32'], 'int8_ms': ms['int8'],
               'speedup': ms['fp32'] / ms['int8'] if ms['int8'] > 0 else float('nan'),

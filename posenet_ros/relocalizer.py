@@ -234,6 +234,23 @@ class Relocalizer:
             return None
         return self._global([np.asarray(frame)])[0]
 
+    def verify(self, frame, K=None, position=None, quaternion_wxyz=None):
+        """Verify one frame against the attached map near a pose; a ``Verification``.
+
+        The one verification call of ``relocalize``, offline evaluation and the node: the
+        network's retrieval feature of ``frame``, then ``MapLocalizer.localize`` with the k map
+        frames nearest ``position`` / ``quaternion_wxyz`` (the coarse pose or a prior) and the
+        nearest in feature space. ``K``: 3x3 intrinsics (default: the map's, scaled).
+        """
+        from posenet_ros.errors import MapError
+
+        if self.localizer is None:
+            raise MapError('no scene map attached; pass scene_map= (build one with '
+                           "'posenet-ros map --model MODEL')")
+        frame = np.asarray(frame)
+        return self.localizer.localize(frame, K, position, quaternion_wxyz,
+                                       self.global_feature(frame))
+
     def relocalize(self, frame, K=None, prior=None) -> Relocalization:
         """Coarse pose plus its verification/refinement against the attached map.
 
@@ -248,11 +265,11 @@ class Relocalizer:
                            "'posenet-ros map --model MODEL')")
         frame = np.asarray(frame)
         coarse = self.predict(frame)
-        t0 = time.perf_counter()
-        feat = self.global_feature(frame)
-        g_ms = (time.perf_counter() - t0) * 1e3
         p, q = prior if prior is not None else (coarse.position, coarse.quaternion_wxyz)
-        ver = self.localizer.localize(frame, K, p, q, feat)
+        t0 = time.perf_counter()
+        ver = self.verify(frame, K, p, q)
+        # what verify spent outside localize is the network feature pass
+        g_ms = (time.perf_counter() - t0) * 1e3 - ver.ms.get('total', 0.0)
         return Relocalization(coarse, ver, g_ms)
 
     def _run(self, batch: torch.Tensor) -> torch.Tensor:

@@ -28,8 +28,8 @@ from posenet_ros.node.process import NODE_MODULE, NodeProcess, node_command
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / 'config' / 'relocalize.yaml'
 SHM_PROFILE = ROOT / 'config' / 'fastdds_shm.xml'
-__all__ = ['CONFIG', 'NODE_MODULE', 'ROOT', 'NodeProcess', 'RosSession', 'ros_env',
-           'run_node_once']
+__all__ = ['CONFIG', 'NODE_MODULE', 'ROOT', 'NodeProcess', 'RosSession', 'failed_starts',
+           'ros_env', 'run_node_once']
 
 
 def _venv_lib_dirs() -> list[str]:
@@ -62,6 +62,23 @@ def run_node_once(params: dict, env: dict, timeout: float = 120.0, params_file: 
     out = subprocess.run(node_command(params, params_file), env=env, capture_output=True,
                          text=True, timeout=timeout, cwd=str(ROOT))
     return out.returncode, out.stdout + out.stderr
+
+
+def failed_starts(cases: dict[str, dict], env: dict, timeout: float = 120.0) -> dict[str, str]:
+    """Start the node once per case (``name -> params``) in parallel; each must fail cleanly.
+
+    Asserts every process exits with status 1 and prints no traceback; returns each output.
+    """
+    procs = {name: subprocess.Popen(node_command(params, CONFIG), env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name, params in cases.items()}
+    outputs = {}
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=timeout)
+        assert proc.returncode == 1, f'{name}: rc {proc.returncode}\n{out}'
+        assert 'Traceback' not in out, out
+        outputs[name] = out
+    return outputs
 
 
 class RosSession:

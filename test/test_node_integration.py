@@ -14,8 +14,6 @@ import array
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 import warnings
 
@@ -33,7 +31,7 @@ from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_helpers import CONFIG, NODE_MODULE, ROOT, RosSession  # noqa: E402
+from ros_helpers import ROOT, RosSession, failed_starts  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
@@ -593,16 +591,6 @@ def test_startup_failures_exit_nonzero_with_reason(session, models, tmp_path):
         'empty': ({}, 'model_path is empty'),
         'bad_param': ({'model_path': str(models[0]), 'tf_mode': 'bogus'}, 'tf_mode must be'),
     }
-    env = session.env()
-    procs = {}
-    for name, (params, _) in cases.items():
-        cmd = [sys.executable, '-m', NODE_MODULE, '--ros-args', '--params-file', str(CONFIG)]
-        for k, v in params.items():
-            cmd += ['-p', f'{k}:={v}']
-        procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True)
-    for name, proc in procs.items():
-        out, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 1, f'{name}: rc {proc.returncode}\n{out}'
+    outputs = failed_starts({name: params for name, (params, _) in cases.items()}, session.env())
+    for name, out in outputs.items():
         assert cases[name][1] in out, f'{name}:\n{out}'
-        assert 'Traceback' not in out, out

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import array
 import json
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -26,7 +24,7 @@ pytest.importorskip('tf2_msgs.msg', reason='tf2_msgs is not built into this envi
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_helpers import CONFIG, NODE_MODULE, RosSession  # noqa: E402
+from ros_helpers import CONFIG, RosSession, failed_starts  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
@@ -309,21 +307,12 @@ def test_missing_corrupt_or_mismatched_map_stops_the_node_with_a_reason(session,
         'mismatch': ({'model_path': str(other), 'map_path': str(scene['map'])},
                      ['refine:=off']),
     }
-    env = session.env()
-    procs = {}
-    for name, (params, _) in cases.items():
-        cmd = [sys.executable, '-m', NODE_MODULE, '--ros-args', '--params-file', str(CONFIG),
-               '-p', f'model_path:={scene["model"]}', '-p', 'device:=cpu']
-        for k, v in params.items():
-            cmd += ['-p', f'{k}:={v}']
-        procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True)
-    for name, proc in procs.items():
-        out, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 1, f'{name}: rc {proc.returncode}\n{out}'
+    base = {'model_path': str(scene['model']), 'device': 'cpu'}
+    outputs = failed_starts({name: {**base, **params} for name, (params, _) in cases.items()},
+                            session.env())
+    for name, out in outputs.items():
         for text in cases[name][1]:
             assert text in out, f'{name}: {text!r} not in\n{out}'
-        assert 'Traceback' not in out, out
 
 
 def test_live_evaluation_scores_the_nodes_verified_poses(scene, tmp_path, capsys):

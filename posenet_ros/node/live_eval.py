@@ -209,23 +209,21 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
     lock = threading.Lock()
     last_rx = [time.monotonic()]
 
-    def on_pose(msg):
-        t = time.monotonic()
-        key = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        p, o = msg.pose.position, msg.pose.orientation
-        with lock:
-            received.setdefault(key, (t, np.array([p.x, p.y, p.z]),
-                                      xyzw_to_wxyz(np.array([o.x, o.y, o.z, o.w]))))
-            last_rx[0] = t
+    def recorder(store: dict, pose_of):
+        """Callback storing (receipt time, position, wxyz) by header stamp (ns) in ``store``."""
+        def on_msg(msg):
+            t = time.monotonic()
+            key = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            pose = pose_of(msg)
+            p, o = pose.position, pose.orientation
+            with lock:
+                store.setdefault(key, (t, np.array([p.x, p.y, p.z]),
+                                       xyzw_to_wxyz(np.array([o.x, o.y, o.z, o.w]))))
+                last_rx[0] = t
+        return on_msg
 
-    def on_verified(msg):
-        t = time.monotonic()
-        key = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        p, o = msg.pose.pose.position, msg.pose.pose.orientation
-        with lock:
-            verified.setdefault(key, (t, np.array([p.x, p.y, p.z]),
-                                      xyzw_to_wxyz(np.array([o.x, o.y, o.z, o.w]))))
-            last_rx[0] = t
+    on_pose = recorder(received, lambda m: m.pose)  # PoseStamped
+    on_verified = recorder(verified, lambda m: m.pose.pose)  # PoseWithCovarianceStamped
 
     def on_diag(msg):
         for st in msg.status:

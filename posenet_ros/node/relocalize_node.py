@@ -529,7 +529,6 @@ class RelocalizerNode(Node):
         return self._relocalizer.localizer.default_intrinsics(width, height), 'map'
 
     def _verify(self, job: _RefineJob) -> None:
-        reloc = self._relocalizer
         t0 = time.perf_counter()
         h, w = job.rgb.shape[:2]
         try:
@@ -541,8 +540,7 @@ class RelocalizerNode(Node):
                 r.last_error = f'not verified: {exc}'
             return
         self._intrinsics_source = source
-        feature = reloc.global_feature(job.rgb)
-        ver = reloc.localizer.localize(job.rgb, K, job.position, job.q_wxyz, feature)
+        ver = self._relocalizer.verify(job.rgb, K, job.position, job.q_wxyz)
         ms = (time.perf_counter() - t0) * 1000.0
         self._stats.verified(ver.status, ver.reason, ver.n_inliers, ms)
         if not ver.verified:

@@ -241,11 +241,11 @@ def build_map(model, out=None, *, dataset=None, split: str = 'train', dataset_ki
     width = feats[0].desc.shape[1]
     obs_xy = np.zeros((len(of), 2), np.float32)
     obs_desc = np.zeros((len(of), width), np.uint8)
-    for f in np.unique(of):
-        rows = np.flatnonzero(of == f)
+    offsets = np.searchsorted(of, np.arange(len(samples) + 1)).astype(np.int64)
+    for f in np.flatnonzero(np.diff(offsets)):  # sorted by frame: each frame's rows are a slice
+        rows = slice(offsets[f], offsets[f + 1])
         obs_xy[rows] = feats[f].xy[ok_[rows]]
         obs_desc[rows] = feats[f].desc[ok_[rows]]
-    offsets = np.searchsorted(of, np.arange(len(samples) + 1)).astype(np.int64)
     names = [s.name for s in samples]
     header = {
         'model_id': str(meta['model_id']), 'model_file': model.name,
