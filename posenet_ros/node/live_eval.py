@@ -40,6 +40,7 @@ __all__ = ['live_evaluate', 'header_stamp_ns', 'NODE_MODULE', 'POSE_TOPIC']
 
 POSE_TOPIC = '/posenet_relocalizer/pose'
 VERIFIED_TOPIC = '/posenet_relocalizer/verified_pose'
+DIAGNOSTICS_NAME = '/posenet_relocalizer: relocalization'  # the node's DiagnosticStatus name
 MATCH_TOL_NS = 100_000  # 0.1 ms
 
 
@@ -227,7 +228,9 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
 
     def on_diag(msg):
         for st in msg.status:
-            if st.name.endswith('posenet_relocalizer: relocalization'):
+            # exactly this node's status: another node in the same domain (random ids can
+            # collide) publishes /<ns>/posenet_relocalizer: relocalization
+            if st.name == DIAGNOSTICS_NAME:
                 last_diag.clear()
                 last_diag.update({kv.key: kv.value for kv in st.values})
 
