@@ -38,13 +38,17 @@ def spread_head(net: nn.Module, seed: int = 0, std: float = 0.05) -> nn.Module:
 def make_tiny_export(tmp_dir, backbone: str = 'mobilenet_v3_small', crop: int = 64,
                      resize: int | None = None, name: str = 'tiny', pt2: bool = False,
                      pos_mean=(1.0, -2.0, 0.5), pos_scale: float = 3.0,
-                     seed: int = 0) -> Path:
-    """Export a random-init (seeded) PoseNet; returns the ``.ts`` path (``.pt2`` beside it)."""
+                     seed: int = 0, training: dict | None = None) -> Path:
+    """Export a random-init (seeded) PoseNet; returns the ``.ts`` path (``.pt2`` beside it).
+
+    ``training`` adds keys to the metadata's training summary (e.g. ``selected_on``).
+    """
     torch.manual_seed(seed)
     net = spread_head(build_posenet(backbone), seed=seed).eval()
     result = export_model(net, out_dir=tmp_dir, name=name, resize=resize or crop + crop // 8,
                           crop=crop, pos_mean=pos_mean, pos_scale=pos_scale,
-                          training={'epochs': 0, 'note': 'random init test model'},
+                          training={'epochs': 0, 'note': 'random init test model',
+                                    **(training or {})},
                           config={'backbone': backbone}, pt2=pt2)
     return result.ts_path
 

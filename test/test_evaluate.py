@@ -172,3 +172,29 @@ def test_failures_are_reported_not_hidden(data, tmp_path, monkeypatch):
     assert len(read_tum(tmp_path / 'r' / 'prediction.tum')[0]) == CFG.n_test - 1
     assert json.loads((tmp_path / 'r' / 'summary.json').read_text())['methods']['posenet'][
         'translation_m']['mean'] == 'inf'
+
+
+def test_scoring_the_split_that_selected_the_model_is_flagged(data, tmp_path, caplog):
+    """A model whose best.pt was picked on the test split gets a warning when scored on it."""
+    from posenet_ros.report import selection_warning
+
+    root, ds, _, _ = data
+    model = make_tiny_export(tmp_path, backbone='resnet18', crop=32, name='picked_on_test',
+                             training={'selected_on': 'test', 'dataset': str(ds)})
+    with caplog.at_level('WARNING', logger='posenet_ros.evaluate'):
+        summary = evaluate(model, tmp_path / 'on_test', dataset=ds, split='test',
+                           baselines=False, progress=False)
+    flagged = [n for n in summary['notes'] if 'selected on the' in n]
+    assert len(flagged) == 1 and "'test' split" in flagged[0] and 'optimistic' in flagged[0]
+    assert any('optimistic' in r.getMessage() for r in caplog.records)
+    assert 'optimistic' in (tmp_path / 'on_test' / 'summary.md').read_text()
+    other = evaluate(model, tmp_path / 'on_train', dataset=ds, split='train', baselines=False,
+                     progress=False)
+    assert not [n for n in other['notes'] if 'selected on the' in n]
+    # the rule itself: holdout selection, another dataset, and old exports (val_split only)
+    assert selection_warning({'training': {'selected_on': 'holdout'}}, ds, 'test') is None
+    elsewhere = {'training': {'selected_on': 'test', 'dataset': str(root / 'elsewhere')}}
+    assert selection_warning(elsewhere, ds, 'test') is None
+    assert selection_warning({'training': {'val_split': 'test'}}, ds, 'test') is not None
+    assert selection_warning({'training': {'selected_on': None, 'val_split': 'test'}}, ds,
+                             'test') is None

@@ -4,7 +4,7 @@
 on a private DDS domain, waits until it subscribes to the image topic (model loaded and warm),
 publishes the bag's images with their recorded timing (``BagPlayer``), records every
 ``~/pose`` (``PoseStamped`` stamped with the image stamp) and writes the same report as
-``posenet-ros evaluate`` (``posenet_ros.evaluate.write_report``), plus the **end-to-end
+``posenet-ros evaluate`` (``posenet_ros.report.write_report``), plus the **end-to-end
 latency** of each frame = pose receipt time - image publish time (one monotonic clock, this
 process), which includes DDS transport both ways, image conversion, inference and the node's
 queueing. Frames the node dropped (its camera input keeps only the newest frame) have no pose
@@ -127,18 +127,18 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-    from posenet_ros.evaluate import (
-        MODEL_METHOD,
-        GroundTruth,
-        MethodResult,
-        _add_baselines,
-        _train_samples,
-        verification_summary,
-        write_report,
-    )
     from posenet_ros.export import read_metadata
     from posenet_ros.metrics import percentile_inf
     from posenet_ros.node.replay import BagPlayer
+    from posenet_ros.report import (
+        MODEL_METHOD,
+        GroundTruth,
+        MethodResult,
+        add_baselines,
+        baseline_training_set,
+        verification_summary,
+        write_report,
+    )
 
     if rate < 0:
         raise EvaluationError(f'rate must be >= 0, got {rate}')
@@ -151,7 +151,7 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
     # Ground truth (and baselines' features) first: a bad bag fails before any process starts.
     train, train_src = ([], '')
     if baselines:
-        train, train_src = _train_samples(None, 'test', train_dataset, meta, notes)
+        train, train_src = baseline_training_set(None, 'test', train_dataset, meta, notes)
     extractor = None
     if train:
         from posenet_ros.baselines import feature_extractor
@@ -344,7 +344,7 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
                      'or skipped while the verification thread was busy) count as unverified; '
                      "refinement ms are the node's own (diagnostics refine_ms_p50/p95)")
     if train:
-        _add_baselines(methods, train, extractor, feats, n, progress, train_src)
+        add_baselines(methods, train, extractor, feats, n, progress, train_src)
     n_pub = sum(k is not None for k in pub_of)
     n_rx = int(m.valid.sum())
     e2e = m.extra['e2e_ms'][np.isfinite(m.extra['e2e_ms'])]
