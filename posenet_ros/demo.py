@@ -162,6 +162,39 @@ def run_demo(out: Path, *, tiny: bool = False, force: bool = False, device: str 
     return summary
 
 
+def versus_retrieval(methods: dict) -> str | None:
+    """One plain sentence: the model (first method) against its nearest-neighbour baseline.
+
+    Retrieval (the pose of the most similar training frame) is what regression alone tends to
+    approximate; the sentence says metric by metric which of the two is better on these frames.
+    """
+    if 'nearest_neighbour' not in methods or not methods:
+        return None
+    name = next(iter(methods))
+    m, nn = methods[name], methods['nearest_neighbour']
+    parts, wins, losses = [], [], []
+    for label, get, unit, digits, higher_better in (
+            ('position median', lambda s: s['translation_m']['median'], ' m', 3, False),
+            ('rotation median', lambda s: s['rotation_deg']['median'], ' deg', 2, False),
+            ('recall (0.5 m, 5 deg)', lambda s: 100 * s['recall']['0.5m_5deg'], ' %', 0, True),
+            ('recall (1 m, 10 deg)', lambda s: 100 * s['recall']['1m_10deg'], ' %', 0, True)):
+        a, b = float(get(m)), float(get(nn))
+        if a == b:
+            verdict = 'tie'
+        else:
+            better = (a > b) if higher_better else (a < b)
+            verdict = 'PoseNet better' if better else 'retrieval better'
+            (wins if better else losses).append(label)
+        parts.append(f'{label} {a:.{digits}f} vs {b:.{digits}f}{unit} ({verdict})')
+    n = m.get('n_frames')
+    head = (f'  {name} vs retrieval (pose of the nearest training frame) on the same {n} '
+            'held-out frames: ')
+    tail = ('PoseNet wins on every metric' if not losses else
+            'retrieval wins on every metric' if not wins else
+            f'PoseNet wins on {", ".join(wins)}; retrieval on {", ".join(losses)}')
+    return head + '; '.join(parts) + '. ' + tail + '.'
+
+
 def format_summary(summary: dict) -> str:
     """Human-readable summary of :func:`run_demo`'s result."""
     lines = [f'model: {summary["model"]}']
@@ -173,6 +206,9 @@ def format_summary(summary: dict) -> str:
         methods = rep.get('methods', {})
         for name, s in methods.items():
             lines.append(_fmt_row(name, s))
+        versus = versus_retrieval(methods)
+        if versus:
+            lines.append(versus)
         ver = rep.get('verification') or {}
         if ver:
             lines.append(f'  verified against the map: {ver["n_verified"]} of {ver["n_frames"]} '

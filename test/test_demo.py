@@ -51,8 +51,26 @@ def test_demo_pipeline_tiny(tmp_path):
     assert live['latency']['p50_ms'] > 0
     printed = proc.stdout
     assert 'summary' in printed and 'end-to-end latency' in printed and 'cdf.png' in printed
+    assert 'vs retrieval (pose of the nearest training frame)' in printed
 
     # A second run reuses the data and the model (no re-render, no re-training).
     again = _run_demo(out, '--no-live')
     assert 'reusing' in again.stdout and 'epoch 1/' not in again.stderr
     assert Path(json.loads((out / 'summary.json').read_text())['model']) == model
+
+
+def test_summary_says_where_posenet_beats_retrieval_and_where_not():
+    from posenet_ros.demo import versus_retrieval
+
+    def method(t, r, r05, r1):
+        return {'n_frames': 100, 'translation_m': {'median': t}, 'rotation_deg': {'median': r},
+                'recall': {'0.5m_5deg': r05, '1m_10deg': r1}}
+
+    mixed = versus_retrieval({'posenet': method(0.4, 7.0, 0.3, 0.8),
+                              'nearest_neighbour': method(0.6, 5.0, 0.2, 0.8)})
+    assert 'position median 0.400 vs 0.600 m (PoseNet better)' in mixed
+    assert 'rotation median 7.00 vs 5.00 deg (retrieval better)' in mixed
+    assert 'recall (1 m, 10 deg) 80 vs 80 % (tie)' in mixed
+    assert mixed.endswith('PoseNet wins on position median, recall (0.5 m, 5 deg); retrieval on '
+                          'rotation median.')
+    assert versus_retrieval({'posenet': method(0.4, 7.0, 0.3, 0.8)}) is None
