@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from posenet_ros.image_conversion import decode_image, rgb_to_image_fields, to_rgb
-from posenet_ros.node.frames import FrameStager
+from posenet_ros.node.frames import FrameStager, xyzw_pose_to_matrix
 
 
 @pytest.fixture(scope='module')
@@ -59,3 +59,41 @@ def test_cuda_path_pinned(rgb):
     out = stager.stage(_raw(rgb, 'bgr8', 4))
     assert out.is_cuda and stager._host.is_pinned()
     np.testing.assert_array_equal(out.cpu().numpy(), rgb)
+
+
+def test_documented_camera_in_base_worked_example():
+    """docs/node.md's forward-looking camera (0.2 m ahead, 1.0 m up, pitched down 10 deg)."""
+    from pathlib import Path
+
+    import transforms3d.euler as te
+    import transforms3d.quaternions as tq
+
+    from posenet_ros.node import params as P
+    from posenet_ros.synthetic import T_BASE_CAM
+    documented = [0.2, 0.0, 1.0, -0.541675, 0.541675, -0.454519, 0.454519]
+    r_link = te.euler2mat(0.0, np.radians(10.0), 0.0, 'sxyz')
+    r_optical = tq.quat2mat([0.5, -0.5, 0.5, -0.5])  # wxyz of xyzw (-0.5, 0.5, -0.5, 0.5)
+    w, x, y, z = tq.mat2quat(r_link @ r_optical)
+    np.testing.assert_allclose([x, y, z, w], documented[3:], atol=1e-6)
+    # The optical frame looks forward and down by 10 deg; its image x axis points right (-y).
+    m = xyzw_pose_to_matrix(documented)
+    pitch = np.radians(10.0)
+    np.testing.assert_allclose(m[:3, 2], [np.cos(pitch), 0, -np.sin(pitch)], atol=1e-6)
+    np.testing.assert_allclose(m[:3, 0], [0, -1, 0], atol=1e-6)
+    np.testing.assert_allclose(m, T_BASE_CAM, atol=1e-6)  # the synthetic rig's mount
+    assert P.validate('camera_in_base', documented) is None
+    doc = (Path(__file__).resolve().parents[1] / 'docs' / 'node.md').read_text()
+    assert 'camera_in_base: [' + ', '.join(str(v) for v in documented) + ']' in doc
+
+
+@pytest.mark.parametrize('value, why', [
+    ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0], '7 finite'),
+    ([0.0, 0.0, float('nan'), 0.0, 0.0, 0.0, 1.0], '7 finite'),
+    ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.01], 'not a rigid transform'),
+    ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], 'not a rigid transform'),
+])
+def test_camera_in_base_must_be_rigid_or_unset(value, why):
+    from posenet_ros.node import params as P
+    assert why in P.validate('camera_in_base', value)
+    assert P.validate('camera_in_base', []) is None  # unset: the default
+    assert P.SPECS['camera_in_base'].default == []

@@ -97,7 +97,7 @@ def scene(tmp_path_factory):
     ds = write_dataset(root / 'dataset', cfg, progress=False)
     tcfg = load_config(CONFIG.parents[0] / 'train_demo_cpu.yaml', {
         'dataset': str(ds), 'run_dir': str(root / 'run'), 'name': 'scene',
-        'export_dir': str(root / 'models'), 'epochs': 4, 'resize': 64, 'crop': 56,
+        'export_dir': str(root / 'models'), 'epochs': 30, 'resize': 64, 'crop': 56,
         'num_threads': 1, 'export_pt2': False, 'progress': False, 'val_every': 100,
         'cache_dir': str(root / 'cache'), 'map': False})
     model = train(tcfg).export_ts
