@@ -97,3 +97,34 @@ def test_camera_in_base_must_be_rigid_or_unset(value, why):
     assert why in P.validate('camera_in_base', value)
     assert P.validate('camera_in_base', []) is None  # unset: the default
     assert P.SPECS['camera_in_base'].default == []
+
+
+def test_builtin_tf_buffer_chain_interpolation_and_errors():
+    """The stand-in used where tf2_ros is absent: T_target_source through the tree, in time."""
+    from posenet_ros import geometry
+    from posenet_ros.node.tf_buffer import ExtrapolationException, LookupException, TfBuffer
+    from posenet_ros.synthetic import T_BASE_CAMLINK, T_CAMLINK_OPTICAL, t_map_odom
+
+    buf = TfBuffer()
+    buf.set_transform('base_link', 'camera_link', 0, *geometry.matrix_to_pose(T_BASE_CAMLINK),
+                      static=True)
+    buf.set_transform('camera_link', 'camera_optical', 0,
+                      *geometry.matrix_to_pose(T_CAMLINK_OPTICAL), static=True)
+    t_odom_base = [geometry.pose_to_matrix([k, 0.5 * k, 0.0], geometry.matrix_to_quat(
+        t_map_odom(10.0 * k)[:3, :3])) for k in range(2)]
+    for k, m in enumerate(t_odom_base):
+        buf.set_transform('odom', 'base_link', k * 1_000_000_000, *geometry.matrix_to_pose(m))
+    mount = buf.matrix('base_link', 'camera_optical', 123)  # static: any time
+    np.testing.assert_allclose(mount, T_BASE_CAMLINK @ T_CAMLINK_OPTICAL, atol=1e-12)
+    np.testing.assert_allclose(buf.matrix('camera_optical', 'base_link', 0),
+                               np.linalg.inv(mount), atol=1e-12)
+    half = buf.matrix('odom', 'camera_optical', 500_000_000) @ np.linalg.inv(mount)
+    np.testing.assert_allclose(half[:3, 3], [0.5, 0.25, 0.0], atol=1e-9)  # lerp
+    yaw = np.degrees(np.arctan2(half[1, 0], half[0, 0]))  # slerp of 3 and 5 deg
+    assert abs(yaw - 4.0) < 1e-6
+    with pytest.raises(ExtrapolationException):
+        buf.matrix('odom', 'base_link', 2_000_000_000)
+    with pytest.raises(LookupException, match='not in TF'):
+        buf.matrix('map', 'base_link', 0)
+    tf = buf.lookup_transform('base_link', 'camera_optical', 0, timeout=0.0)
+    assert (tf.header.frame_id, tf.child_frame_id) == ('base_link', 'camera_optical')

@@ -87,12 +87,14 @@ PARAMS: tuple[ParamSpec, ...] = (
               'published covariance', min=1e-4, max=math.pi),
     # --- TF ---
     ParamSpec('tf_mode', 'camera', 'camera: map -> <camera_frame><tf_child_suffix>; '
-              'map_to_odom: map -> odom from odom -> camera (needs tf2_ros); none', read_only=True,
+              'map_to_odom: map -> odom from the base pose and TF odom -> base_frame (needs the '
+              'extrinsic); none', read_only=True,
               choices=TF_MODES),
     ParamSpec('tf_child_suffix', '_posenet', 'suffix of the child frame broadcast in camera mode '
               '(a distinct frame, so it never gives the camera a second parent)', read_only=True),
     ParamSpec('odom_frame', 'odom', 'odometry frame (map_to_odom mode)'),
-    ParamSpec('base_frame', 'base_link', 'robot base frame of the initial-pose hint'),
+    ParamSpec('base_frame', 'base_link', 'robot base frame of ~/base_pose_with_covariance, the '
+              'initial-pose hint and map_to_odom'),
     ParamSpec('transform_tolerance', 0.1, 'map -> odom is future-dated by this much (s), as AMCL '
               'does', min=0.0, max=10.0),
     ParamSpec('tf_timeout', 0.05, 'longest wait (s) for a TF lookup at the image stamp',

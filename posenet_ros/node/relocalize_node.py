@@ -11,8 +11,10 @@ Outputs (see docs/node.md for the full tables):
 
 * ``~/pose`` (PoseStamped) and ``~/pose_with_covariance`` (PoseWithCovarianceStamped): the camera
   optical frame in the map frame (``T_map_cam``; ROS xyzw quaternion);
+* ``~/base_pose_with_covariance``: the base frame in the map frame (``T_map_base``, through the
+  camera extrinsic: TF or ``camera_in_base``; refused, with the reason, when neither exists);
 * ``/tf`` (tf2_msgs/TFMessage): ``map -> <camera><suffix>`` (camera mode) or ``map -> odom``
-  (map_to_odom mode, needs tf2_ros), or nothing;
+  (map_to_odom mode, a base-frame output), or nothing;
 * ``/initialpose`` (configurable): the base frame's pose in map, once per ``~/relocalize`` call;
   with ``refine`` on (the default ``request``) only from a pose verified against the scene map;
 * ``~/verified_pose`` (PoseWithCovarianceStamped, ``refine: continuous``): verified, refined
