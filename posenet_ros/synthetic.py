@@ -42,20 +42,43 @@ from posenet_ros.geometry import (
 
 __all__ = [
     'SceneConfig', 'Scene', 'make_scene', 'render', 'trajectory', 'write_dataset', 'write_bag',
-    'RosbagWriter', 'camera_matrix', 'look_rotation', 'T_BASE_CAM', 'main',
+    'RosbagWriter', 'camera_matrix', 'look_rotation', 'T_BASE_CAM', 'T_BASE_CAMLINK',
+    'T_CAMLINK_OPTICAL', 't_map_odom', 'main',
 ]
 
 ROOM = (-8.0, 8.0, -6.0, 6.0)  # x0, x1, y0, y1
 WALL_HEIGHT = 4.0
 MAGENTA = (255, 0, 255)
 
-# Fixed mount of the optical frame on the synthetic rig's base_link (REP 103 body: x forward,
-# y left, z up): optical z = base x, optical x = -base y, optical y = -base z; 10 cm ahead and
-# 20 cm above base_link.
-T_BASE_CAM = np.array([[0.0, 0.0, 1.0, 0.10],
-                       [-1.0, 0.0, 0.0, 0.0],
-                       [0.0, -1.0, 0.0, 0.20],
-                       [0.0, 0.0, 0.0, 1.0]])
+# The synthetic rig's camera mount (REP 103 bodies: x forward, y left, z up). camera_link sits
+# 0.2 m ahead of and 1.0 m above base_link, pitched down 10 deg (a positive rotation about y
+# turns x towards -z). The optical frame (REP 103: z forward, x right, y down) is camera_link
+# rotated by the quaternion xyzw (-0.5, 0.5, -0.5, 0.5): optical z = link x, optical x =
+# -link y, optical y = -link z. docs/node.md ("Camera extrinsic") works this example through.
+_PITCH = math.radians(10.0)
+T_BASE_CAMLINK = np.array([[math.cos(_PITCH), 0.0, math.sin(_PITCH), 0.20],
+                           [0.0, 1.0, 0.0, 0.0],
+                           [-math.sin(_PITCH), 0.0, math.cos(_PITCH), 1.00],
+                           [0.0, 0.0, 0.0, 1.0]])
+T_CAMLINK_OPTICAL = np.array([[0.0, 0.0, 1.0, 0.0],
+                              [-1.0, 0.0, 0.0, 0.0],
+                              [0.0, -1.0, 0.0, 0.0],
+                              [0.0, 0.0, 0.0, 1.0]])
+T_BASE_CAM = T_BASE_CAMLINK @ T_CAMLINK_OPTICAL  # base_link -> camera_optical
+
+
+def t_map_odom(t: float) -> np.ndarray:
+    """The synthetic odometry's error: ``T_map_odom`` ``t`` seconds into a bag.
+
+    Starts at 0.4 m, -0.25 m, 3 deg and drifts 1 cm/s, 0.5 cm/s and 0.2 deg/s: not the identity,
+    and slow against the frame rate, like wheel odometry's slip.
+    """
+    yaw = math.radians(3.0 + 0.2 * t)
+    c, s = math.cos(yaw), math.sin(yaw)
+    return np.array([[c, -s, 0.0, 0.40 + 0.010 * t],
+                     [s, c, 0.0, -0.25 + 0.005 * t],
+                     [0.0, 0.0, 1.0, 0.0],
+                     [0.0, 0.0, 0.0, 1.0]])
 
 
 @dataclass
@@ -74,6 +97,8 @@ class SceneConfig:
     map_frame: str = 'map'
     camera_frame: str = 'camera_optical'
     base_frame: str = 'base_link'
+    odom_frame: str = 'odom'
+    camera_link_frame: str = 'camera_link'
 
     def K(self) -> np.ndarray:  # noqa: N802 (K is the standard name of the intrinsics)
         """Intrinsics with the principal point at the image centre."""
@@ -581,10 +606,21 @@ def write_bag(out_path, cfg: SceneConfig | None = None, storage: str = 'sqlite3'
               overwrite: bool = False) -> Path:
     """Render a trajectory into a rosbag2 (``which`` = 'test', 'train' or 'all').
 
-    Topics: ``/camera/image_raw`` (Image rgb8), ``/camera/image_raw/compressed`` (JPEG, if
-    ``compressed``), ``/camera/camera_info``, ``/ground_truth/pose`` (PoseStamped of the optical
-    frame in ``map``), ``/tf`` (map -> base_link) and ``/tf_static`` (base_link ->
-    camera_optical, see ``T_BASE_CAM``). Header stamps advance at ``cfg.rate``.
+    The camera follows the scene's trajectory (so a model trained on the scene relocalizes
+    it); the robot's base is derived from it through the fixed mount ``T_BASE_CAM``, so the
+    base has the small roll and pitch the camera path has (within ~10 deg) and floats 0.3 to
+    0.8 m above the ground: a synthetic rig, not a wheeled robot's dynamics.
+
+    Topics, header stamps advancing at ``cfg.rate``:
+
+    * ``/camera/image_raw`` (Image rgb8), ``/camera/image_raw/compressed`` (JPEG, if
+      ``compressed``), ``/camera/camera_info``;
+    * ``/tf``: ``map -> odom`` (the odometry's slowly drifting error, :func:`t_map_odom`) and
+      ``odom -> base_link`` per frame; ``/tf_static``: ``base_link -> camera_link ->
+      camera_optical`` (:data:`T_BASE_CAMLINK`, :data:`T_CAMLINK_OPTICAL`);
+    * ``/odom`` (nav_msgs/Odometry, frame odom, child base_link; twist left zero);
+    * ``/ground_truth/pose`` (PoseStamped of the camera optical frame in ``map``) and
+      ``/ground_truth/base_pose`` (PoseStamped of base_link in ``map``), for evaluation.
     """
     cfg = cfg or SceneConfig()
     if which not in ('train', 'test', 'all'):
@@ -599,8 +635,18 @@ def write_bag(out_path, cfg: SceneConfig | None = None, storage: str = 'sqlite3'
     total = {'train': cfg.n_train, 'test': cfg.n_test, 'all': cfg.n_train + cfg.n_test}[which]
     T_cam_base = invert(T_BASE_CAM)
     with RosbagWriter(out_path, storage) as bag:
-        bag.tf(cfg.start_time, [(cfg.base_frame, cfg.camera_frame, T_BASE_CAM)], static=True)
+        bag.tf(cfg.start_time, [(cfg.base_frame, cfg.camera_link_frame, T_BASE_CAMLINK),
+                                (cfg.camera_link_frame, cfg.camera_frame, T_CAMLINK_OPTICAL)],
+               static=True)
         for _, _, p, q, stamp in _progress(_iter_frames(cfg, which), total, 'bag', progress):
+            T_map_base = compose(pose_to_matrix(p, q), T_cam_base)
+            T_map_odom = t_map_odom(stamp - cfg.start_time)
+            T_odom_base = compose(invert(T_map_odom), T_map_base)
+            # TF first: a node looking up the image's stamp finds it already buffered.
+            bag.tf(stamp, [(cfg.map_frame, cfg.odom_frame, T_map_odom),
+                           (cfg.odom_frame, cfg.base_frame, T_odom_base)])
+            bag.pose('/odom', stamp, *matrix_to_pose(T_odom_base), frame_id=cfg.odom_frame,
+                     msgtype='nav_msgs/msg/Odometry', child_frame_id=cfg.base_frame)
             img = render(scene, p, q, K, cfg.width, cfg.height)
             bag.image('/camera/image_raw', stamp, img, frame_id=cfg.camera_frame)
             if compressed:
@@ -609,8 +655,8 @@ def write_bag(out_path, cfg: SceneConfig | None = None, storage: str = 'sqlite3'
             bag.camera_info('/camera/camera_info', stamp, K, cfg.width, cfg.height,
                             frame_id=cfg.camera_frame)
             bag.pose('/ground_truth/pose', stamp, p, q, frame_id=cfg.map_frame)
-            T_map_base = compose(pose_to_matrix(p, q), T_cam_base)
-            bag.tf(stamp, [(cfg.map_frame, cfg.base_frame, T_map_base)])
+            bag.pose('/ground_truth/base_pose', stamp, *matrix_to_pose(T_map_base),
+                     frame_id=cfg.map_frame)
     return out_path
 
 

@@ -127,7 +127,7 @@ def test_bag_cli_matches_dataset_evaluation(data, ds_report, tmp_path, capsys):
 def test_bag_errors_name_topics_and_missing_overlap(data, tmp_path):
     root, ds, bag, model = data
     with pytest.raises(BagError, match=r'/camera/image_raw \[sensor_msgs/msg/Image\]'):
-        evaluate(model, tmp_path / 'x', bag=bag, pose_topic='/odom', progress=False,
+        evaluate(model, tmp_path / 'x', bag=bag, pose_topic='/no_such_pose', progress=False,
                  baselines=False)
     # Images and poses that never overlap in time.
     odd = tmp_path / 'odd_bag'

@@ -28,6 +28,7 @@ def test_live_evaluation_through_the_real_node(tmp_path):
     out = tmp_path / 'live'
     # 30 Hz frames played at 1/4 speed: 133 ms apart, ample for this model even on a busy CPU.
     summary = live_evaluate(model, bag, out, rate=0.25, train_dataset=ds, nn_features='none',
+                            pose_topic='/ground_truth/pose',  # the bag also has base poses
                             progress=False, node_params={'num_threads': 1,
                                                          'warmup_iterations': 2})
     for name in ('frames.csv', 'summary.json', 'summary.md', 'cdf.png', 'map.png',

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from posenet_ros.image_conversion import decode_image, rgb_to_image_fields, to_rgb
-from posenet_ros.node.frames import FrameStager
+from posenet_ros.node.frames import FrameStager, xyzw_pose_to_matrix
 
 
 @pytest.fixture(scope='module')
@@ -59,3 +59,72 @@ def test_cuda_path_pinned(rgb):
     out = stager.stage(_raw(rgb, 'bgr8', 4))
     assert out.is_cuda and stager._host.is_pinned()
     np.testing.assert_array_equal(out.cpu().numpy(), rgb)
+
+
+def test_documented_camera_in_base_worked_example():
+    """docs/node.md's forward-looking camera (0.2 m ahead, 1.0 m up, pitched down 10 deg)."""
+    from pathlib import Path
+
+    import transforms3d.euler as te
+    import transforms3d.quaternions as tq
+
+    from posenet_ros.node import params as P
+    from posenet_ros.synthetic import T_BASE_CAM
+    documented = [0.2, 0.0, 1.0, -0.541675, 0.541675, -0.454519, 0.454519]
+    r_link = te.euler2mat(0.0, np.radians(10.0), 0.0, 'sxyz')
+    r_optical = tq.quat2mat([0.5, -0.5, 0.5, -0.5])  # wxyz of xyzw (-0.5, 0.5, -0.5, 0.5)
+    w, x, y, z = tq.mat2quat(r_link @ r_optical)
+    np.testing.assert_allclose([x, y, z, w], documented[3:], atol=1e-6)
+    # The optical frame looks forward and down by 10 deg; its image x axis points right (-y).
+    m = xyzw_pose_to_matrix(documented)
+    pitch = np.radians(10.0)
+    np.testing.assert_allclose(m[:3, 2], [np.cos(pitch), 0, -np.sin(pitch)], atol=1e-6)
+    np.testing.assert_allclose(m[:3, 0], [0, -1, 0], atol=1e-6)
+    np.testing.assert_allclose(m, T_BASE_CAM, atol=1e-6)  # the synthetic rig's mount
+    assert P.validate('camera_in_base', documented) is None
+    doc = (Path(__file__).resolve().parents[1] / 'docs' / 'node.md').read_text()
+    assert 'camera_in_base: [' + ', '.join(str(v) for v in documented) + ']' in doc
+
+
+@pytest.mark.parametrize('value, why', [
+    ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0], '7 finite'),
+    ([0.0, 0.0, float('nan'), 0.0, 0.0, 0.0, 1.0], '7 finite'),
+    ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.01], 'not a rigid transform'),
+    ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], 'not a rigid transform'),
+])
+def test_camera_in_base_must_be_rigid_or_unset(value, why):
+    from posenet_ros.node import params as P
+    assert why in P.validate('camera_in_base', value)
+    assert P.validate('camera_in_base', []) is None  # unset: the default
+    assert P.SPECS['camera_in_base'].default == []
+
+
+def test_builtin_tf_buffer_chain_interpolation_and_errors():
+    """The stand-in used where tf2_ros is absent: T_target_source through the tree, in time."""
+    from posenet_ros import geometry
+    from posenet_ros.node.tf_buffer import ExtrapolationException, LookupException, TfBuffer
+    from posenet_ros.synthetic import T_BASE_CAMLINK, T_CAMLINK_OPTICAL, t_map_odom
+
+    buf = TfBuffer()
+    buf.set_transform('base_link', 'camera_link', 0, *geometry.matrix_to_pose(T_BASE_CAMLINK),
+                      static=True)
+    buf.set_transform('camera_link', 'camera_optical', 0,
+                      *geometry.matrix_to_pose(T_CAMLINK_OPTICAL), static=True)
+    t_odom_base = [geometry.pose_to_matrix([k, 0.5 * k, 0.0], geometry.matrix_to_quat(
+        t_map_odom(10.0 * k)[:3, :3])) for k in range(2)]
+    for k, m in enumerate(t_odom_base):
+        buf.set_transform('odom', 'base_link', k * 1_000_000_000, *geometry.matrix_to_pose(m))
+    mount = buf.matrix('base_link', 'camera_optical', 123)  # static: any time
+    np.testing.assert_allclose(mount, T_BASE_CAMLINK @ T_CAMLINK_OPTICAL, atol=1e-12)
+    np.testing.assert_allclose(buf.matrix('camera_optical', 'base_link', 0),
+                               np.linalg.inv(mount), atol=1e-12)
+    half = buf.matrix('odom', 'camera_optical', 500_000_000) @ np.linalg.inv(mount)
+    np.testing.assert_allclose(half[:3, 3], [0.5, 0.25, 0.0], atol=1e-9)  # lerp
+    yaw = np.degrees(np.arctan2(half[1, 0], half[0, 0]))  # slerp of 3 and 5 deg
+    assert abs(yaw - 4.0) < 1e-6
+    with pytest.raises(ExtrapolationException):
+        buf.matrix('odom', 'base_link', 2_000_000_000)
+    with pytest.raises(LookupException, match='not in TF'):
+        buf.matrix('map', 'base_link', 0)
+    tf = buf.lookup_transform('base_link', 'camera_optical', 0, timeout=0.0)
+    assert (tf.header.frame_id, tf.child_frame_id) == ('base_link', 'camera_optical')

@@ -44,13 +44,29 @@ pytestmark = [pytest.mark.ros]
 W, H = 80, 60
 # tf2_ros is not installable here (no wheel), so the /comp node gets a stand-in module with the
 # two calls the node makes: Buffer.lookup_transform(target, source, time, timeout) and a no-op
-# TransformListener. It knows two fixed transforms (xyzw), keyed 'target|source'.
+# TransformListener: this checks the node's use of tf2_ros's API. (The node's own built-in
+# /tf listener, used where tf2_ros is absent, is tested against a bag's real TF tree in
+# test_node_tf_tree.py.) It knows three fixed transforms (xyzw), keyed 'target|source'.
 T_ODOM_CAM = [0.5, -1.0, 1.2, 0.1, -0.2, 0.3, 0.9273618495495703]
 T_CAM_BASE = [0.0, 0.2, -0.1, 0.5, -0.5, 0.5, 0.5]
+
+
+def _xyzw_list(m):
+    p, q = geometry.matrix_to_pose(m)
+    return [float(v) for v in p] + [float(v) for v in geometry.wxyz_to_xyzw(q)]
+
+
+def _xyzw_to_matrix(v):
+    v = np.asarray(v, dtype=np.float64)
+    return geometry.pose_to_matrix(v[:3], geometry.xyzw_to_wxyz(v[3:]))
+
+
+T_ODOM_BASE = _xyzw_list(_xyzw_to_matrix(T_ODOM_CAM) @ _xyzw_to_matrix(T_CAM_BASE))
 FAKE_TF2_ROS = f"""
 from geometry_msgs.msg import TransformStamped
 
-_KNOWN = {{'odom|override_optical': {T_ODOM_CAM!r}, 'override_optical|base_link': {T_CAM_BASE!r}}}
+_KNOWN = {{'odom|override_optical': {T_ODOM_CAM!r}, 'override_optical|base_link': {T_CAM_BASE!r},
+          'odom|base_link': {T_ODOM_BASE!r}}}
 
 
 class LookupException(Exception):

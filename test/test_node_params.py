@@ -170,3 +170,33 @@ def invert_lever(t):
     out = t.copy()
     out[:3, 3] *= -1
     return out
+
+
+def test_stats_input_rate_against_the_camera():
+    """Images at a third of the camera_info rate: lost frames counted, fraction < 0.5, WARN."""
+    t = [0.0]
+    stats = NodeStats(clock=lambda: t[0])
+    period = 1_000_000_000 // 30
+    for k in range(30):
+        stats.count('camera_info')
+        stats.info_stamp(1_000_000_000 + k * period)
+        if k % 3 == 0:
+            stats.count('received')
+            stats.image_stamp(1_000_000_000 + k * period)
+    t[0] = 1.0
+    snap = stats.snapshot(True, '/cam')
+    snapshot_values = snap['values']
+    assert snapshot_values['stamp_gap_frames_lost'] == '18'  # 9 gaps of 3 periods
+    assert snapshot_values['input_fraction'] == '0.333'
+    assert snapshot_values['camera_info_rate_hz'] == '30.00'
+    assert abs(float(snapshot_values['camera_period_ms']) - 33.33) < 0.01
+    assert snap['level'] == WARN and 'of the camera rate (camera_info)' in snap['message']
+    # Without camera_info the image stamps' own period is the reference.
+    stats = NodeStats(clock=lambda: t[0])
+    for k in [0, 1, 2, 3, 6, 7, 8, 9]:
+        stats.count('received')
+        stats.image_stamp(1_000_000_000 + k * period)
+    t[0] = 2.0
+    v = stats.snapshot(True, '/cam')['values']
+    assert v['stamp_gap_frames_lost'] == '2' and v['input_rate_reference'] == 'image stamps'
+    assert v['input_fraction'] == '0.800'

@@ -8,7 +8,12 @@ from helpers_data import render_tiny_scene
 
 from posenet_ros.cli import main as cli_main
 from posenet_ros.datasets import load_dataset, load_image, read_bag
-from posenet_ros.geometry import matrix_to_quat, rotation_error_deg, translation_error
+from posenet_ros.geometry import (
+    matrix_to_quat,
+    pose_to_matrix,
+    rotation_error_deg,
+    translation_error,
+)
 from posenet_ros.synthetic import (
     SceneConfig,
     camera_matrix,
@@ -135,5 +140,48 @@ def test_synth_cli(tmp_path, capsys):
                    '--width', '32', '--height', '24', '--bag', '--storage', 'mcap'])
     assert rc == 0
     assert len(load_dataset(tmp_path / 'dataset', 'all')) == 5
-    samples, _ = read_bag(tmp_path / 'bag', image_topic='/camera/image_raw')
+    # several pose topics now (camera and base truth, /odom): the camera's is named
+    samples, _ = read_bag(tmp_path / 'bag', image_topic='/camera/image_raw',
+                          pose_topic='/ground_truth/pose')
     assert len(samples) == 2 and samples[0].image.shape == (24, 32, 3)
+
+
+def test_bag_tf_tree_odometry_and_base_truth(tmp_path):
+    """The bag's TF tree, /odom and base truth agree with the camera's truth.
+
+    map -> odom -> base_link on /tf, base_link -> camera_link -> camera_optical on /tf_static.
+    """
+    from rosbags.highlevel import AnyReader
+
+    from posenet_ros.synthetic import T_BASE_CAM, t_map_odom
+    cfg = SceneConfig(width=32, height=24, fx=28.0, n_train=2, n_test=6, rate=10.0)
+    bag = write_bag(tmp_path / 'bag', cfg, progress=False)
+    expected = trajectory('test', 6, 0)
+    # The TF chain to the optical frame reproduces the camera truth (through odom and the mount).
+    cams, _ = read_bag(bag, image_topic='/camera/image_raw', tf=('map', 'camera_optical'))
+    bases, stats = read_bag(bag, image_topic='/camera/image_raw', tf=('map', 'base_link'))
+    assert stats.frames['chain'] == ['map->odom', 'odom->base_link']
+    for cam, base, (p, q) in zip(cams, bases, expected):
+        assert translation_error(cam.position, p) < 1e-9
+        assert rotation_error_deg(cam.quaternion, q) < 1e-5
+        t_map_base = pose_to_matrix(p, q) @ np.linalg.inv(T_BASE_CAM)
+        assert translation_error(base.position, t_map_base[:3, 3]) < 1e-9
+    by_topic = {}
+    with AnyReader([bag]) as reader:
+        for conn, _, raw in reader.messages():
+            by_topic.setdefault(conn.topic, []).append(reader.deserialize(raw, conn.msgtype))
+    assert len(by_topic['/tf_static']) == 1 and len(by_topic['/odom']) == 6
+    static = {(tf.header.frame_id, tf.child_frame_id)
+              for tf in by_topic['/tf_static'][0].transforms}
+    assert static == {('base_link', 'camera_link'), ('camera_link', 'camera_optical')}
+    odom = by_topic['/odom'][-1]
+    assert (odom.header.frame_id, odom.child_frame_id) == ('odom', 'base_link')
+    gt = by_topic['/ground_truth/base_pose'][-1].pose.position
+    assert np.allclose([gt.x, gt.y, gt.z], bases[-1].position, atol=1e-9)
+    # map -> odom is not the identity and drifts slowly (0.2 deg/s, 1 cm/s).
+    first, last = t_map_odom(0.0), t_map_odom(5 / cfg.rate)
+    assert np.linalg.norm(first[:3, 3]) > 0.3
+    assert 0 < np.linalg.norm(last[:3, 3] - first[:3, 3]) < 0.01
+    # The camera looks forward from 1 m above the base, pitched down 10 deg.
+    assert np.isclose(T_BASE_CAM[2, 3], 1.0) and np.isclose(T_BASE_CAM[0, 3], 0.2)
+    assert np.isclose(np.degrees(np.arcsin(-T_BASE_CAM[2, 2])), 10.0)

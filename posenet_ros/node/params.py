@@ -12,13 +12,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ['ParamSpec', 'PARAMS', 'SPECS', 'defaults', 'normalize', 'validate', 'descriptor']
+__all__ = ['ParamSpec', 'PARAMS', 'SPECS', 'defaults', 'normalize', 'validate', 'descriptor',
+           'extrinsic_problem', 'QUAT_TOLERANCE']
 
 TF_MODES = ('camera', 'map_to_odom', 'none')
 TRANSPORTS = ('raw', 'compressed')
 RELIABILITIES = ('best_effort', 'reliable')
 REFINE_MODES = ('off', 'request', 'continuous')
 DEVICES_HELP = "'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available, else cpu)"
+# |q| may differ from 1 by this much in camera_in_base (7 printed digits are fine; a typo is not).
+QUAT_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -84,12 +87,14 @@ PARAMS: tuple[ParamSpec, ...] = (
               'published covariance', min=1e-4, max=math.pi),
     # --- TF ---
     ParamSpec('tf_mode', 'camera', 'camera: map -> <camera_frame><tf_child_suffix>; '
-              'map_to_odom: map -> odom from odom -> camera (needs tf2_ros); none', read_only=True,
+              'map_to_odom: map -> odom from the base pose and TF odom -> base_frame (needs the '
+              'extrinsic); none', read_only=True,
               choices=TF_MODES),
     ParamSpec('tf_child_suffix', '_posenet', 'suffix of the child frame broadcast in camera mode '
               '(a distinct frame, so it never gives the camera a second parent)', read_only=True),
     ParamSpec('odom_frame', 'odom', 'odometry frame (map_to_odom mode)'),
-    ParamSpec('base_frame', 'base_link', 'robot base frame of the initial-pose hint'),
+    ParamSpec('base_frame', 'base_link', 'robot base frame of ~/base_pose_with_covariance, the '
+              'initial-pose hint and map_to_odom'),
     ParamSpec('transform_tolerance', 0.1, 'map -> odom is future-dated by this much (s), as AMCL '
               'does', min=0.0, max=10.0),
     ParamSpec('tf_timeout', 0.05, 'longest wait (s) for a TF lookup at the image stamp',
@@ -98,12 +103,16 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec('initial_pose_topic', '/initialpose', 'topic of the one-shot initial-pose hint '
               '(PoseWithCovarianceStamped of base_frame in map) sent by ~/relocalize',
               read_only=True),
-    ParamSpec('camera_in_base', [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], 'fallback extrinsic '
-              'T_base_camera as [x, y, z, qx, qy, qz, qw] (camera optical frame in base_frame), '
-              'used when TF cannot provide base_frame -> camera_frame', additional='7 numbers, '
-              'unit quaternion xyzw'),
-    ParamSpec('use_tf_extrinsic', True, 'look up base_frame -> camera_frame in TF for the '
-              'initial pose (needs tf2_ros); falls back to camera_in_base', read_only=True),
+    ParamSpec('camera_in_base', [], 'mount extrinsic T_base_camera as [x, y, z, qx, qy, qz, qw] '
+              '(the camera optical frame in base_frame, m and unit quaternion xyzw), used when TF '
+              'cannot provide base_frame -> camera_frame; empty (the default) = unset: without '
+              'TF and without this, base-frame outputs (~/base_pose_with_covariance, the '
+              'initial pose, map -> odom) are refused. A forward-looking camera is never the '
+              'identity: see docs/node.md "Camera extrinsic"',
+              additional='empty, or 7 numbers: translation (m) and unit quaternion xyzw'),
+    ParamSpec('use_tf_extrinsic', True, 'look up base_frame -> camera_frame in TF (tf2_ros, or '
+              'the built-in /tf + /tf_static listener where tf2_ros is absent) for the '
+              'base-frame outputs; falls back to camera_in_base', read_only=True),
     ParamSpec('relocalize_timeout', 2.0, 'longest wait (s) of ~/relocalize for a valid (with '
               'refine on: verified) frame',
               min=0.05, max=60.0),
@@ -170,14 +179,9 @@ def validate(name: str, value: Any) -> str | None:
                                                     and dev[5:].isdigit())):
             return f'device must be {DEVICES_HELP}, got {value!r}'
     if name == 'camera_in_base':
-        vals = [float(v) for v in value]
-        if len(vals) != 7 or not all(math.isfinite(v) for v in vals):
-            return ('camera_in_base must be 7 finite numbers [x, y, z, qx, qy, qz, qw], '
-                    f'got {value!r}')
-        norm = math.sqrt(sum(v * v for v in vals[3:]))
-        if abs(norm - 1.0) > 1e-3:
-            return ('camera_in_base quaternion (qx, qy, qz, qw) must be unit, its norm is '
-                    f'{norm:.4f}')
+        reason = extrinsic_problem(value)
+        if reason:
+            return reason
     if name in ('map_frame', 'odom_frame', 'base_frame', 'camera_frame', 'tf_child_suffix'):
         if value != value.strip() or ' ' in value:
             return f'{name} must not contain spaces, got {value!r}'
@@ -187,6 +191,26 @@ def validate(name: str, value: Any) -> str | None:
             return f'{name} must not be empty'
     if name in ('image_topic', 'initial_pose_topic') and not value.strip():
         return f'{name} must not be empty'
+    return None
+
+
+def extrinsic_problem(value) -> str | None:
+    """Why ``value`` is not a rigid ``[x, y, z, qx, qy, qz, qw]`` (None: it is, or is unset).
+
+    An empty list is "unset". Anything else must be 7 finite numbers whose quaternion is unit
+    within :data:`QUAT_TOLERANCE` (a rotation; no scale, no shear).
+    """
+    vals = [float(v) for v in (value or ())]
+    if not vals:
+        return None
+    if len(vals) != 7 or not all(math.isfinite(v) for v in vals):
+        return ('camera_in_base must be empty (unset) or 7 finite numbers [x, y, z, qx, qy, qz, '
+                f'qw] (T_base_camera), got {list(value)!r}')
+    norm = math.sqrt(sum(v * v for v in vals[3:]))
+    if abs(norm - 1.0) > QUAT_TOLERANCE:
+        return ('camera_in_base is not a rigid transform: its quaternion (qx, qy, qz, qw) must be '
+                f'unit (|q| = 1 +- {QUAT_TOLERANCE}), its norm is {norm:.4f}; e.g. the optical '
+                'frame of a level forward-looking camera is [x, y, z, -0.5, 0.5, -0.5, 0.5]')
     return None
 
 

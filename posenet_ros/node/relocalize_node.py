@@ -11,8 +11,10 @@ Outputs (see docs/node.md for the full tables):
 
 * ``~/pose`` (PoseStamped) and ``~/pose_with_covariance`` (PoseWithCovarianceStamped): the camera
   optical frame in the map frame (``T_map_cam``; ROS xyzw quaternion);
+* ``~/base_pose_with_covariance``: the base frame in the map frame (``T_map_base``, through the
+  camera extrinsic: TF or ``camera_in_base``; refused, with the reason, when neither exists);
 * ``/tf`` (tf2_msgs/TFMessage): ``map -> <camera><suffix>`` (camera mode) or ``map -> odom``
-  (map_to_odom mode, needs tf2_ros), or nothing;
+  (map_to_odom mode, a base-frame output), or nothing;
 * ``/initialpose`` (configurable): the base frame's pose in map, once per ``~/relocalize`` call;
   with ``refine`` on (the default ``request``) only from a pose verified against the scene map;
 * ``~/verified_pose`` (PoseWithCovarianceStamped, ``refine: continuous``): verified, refined
@@ -80,7 +82,6 @@ from posenet_ros.node import params as P
 from posenet_ros.node.diagnostics import NodeStats
 from posenet_ros.node.frames import (
     FrameStager,
-    base_in_map,
     covariance_through_mount,
     map_to_odom,
     xyzw_pose_to_matrix,
@@ -167,6 +168,10 @@ class RelocalizerNode(Node):
         self._pose_pub = self.create_publisher(PoseStamped, '~/pose', OUTPUT_QOS)
         self._cov_pub = self.create_publisher(PoseWithCovarianceStamped, '~/pose_with_covariance',
                                               OUTPUT_QOS)
+        # The base frame's pose (T_map_base) for consumers that read a pose as the robot's
+        # (robot_localization); only with a known extrinsic (see _extrinsic).
+        self._base_pub = self.create_publisher(PoseWithCovarianceStamped,
+                                               '~/base_pose_with_covariance', OUTPUT_QOS)
         self._init_pub = self.create_publisher(PoseWithCovarianceStamped,
                                                self._cfg['initial_pose_topic'], OUTPUT_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', OUTPUT_QOS)
@@ -221,13 +226,17 @@ class RelocalizerNode(Node):
     def _declare_parameters(self) -> dict:
         cfg = {}
         for spec in P.PARAMS:
+            # An empty list default (camera_in_base: unset) has no element type: rclpy would
+            # make it a byte array, so declare the type and let the value be unset.
+            default = Parameter.Type.DOUBLE_ARRAY if spec.default == [] else spec.default
             try:
-                param = self.declare_parameter(spec.name, spec.default, P.descriptor(spec))
+                param = self.declare_parameter(spec.name, default, P.descriptor(spec))
             except Exception as exc:  # rclpy: wrong type / out of range in a params file
-                hint = (' (write a double with a decimal point, e.g. 3.0)'
-                        if isinstance(spec.default, float) else '')
+                hint = (' (write doubles with a decimal point, e.g. 3.0 or [0.0, 1.0])'
+                        if isinstance(spec.default, (float, list)) else '')
                 raise ConfigError(f'parameter {spec.name}: {exc}{hint}') from exc
-            cfg[spec.name] = P.normalize(spec.name, param.value)
+            value = [] if param.value is None and spec.default == [] else param.value
+            cfg[spec.name] = P.normalize(spec.name, value)
         for name, value in cfg.items():
             reason = P.validate(name, value)
             if reason:
@@ -308,21 +317,30 @@ class RelocalizerNode(Node):
                                 'published); install ros-kilted-tf2-msgs or build '
                                 'ros_interfaces/tf2_msgs into this environment')
                 self._tf_mode = 'none'
+        self._tf_source = 'none'
+        self._extrinsic_tf_ok = True  # False after a failed extrinsic lookup: no more waiting
         need_lookup = self._tf_mode == 'map_to_odom' or self._cfg['use_tf_extrinsic']
         if need_lookup:
             try:
                 import tf2_ros  # lazy: not available as a wheel
                 self._tf_buffer = tf2_ros.Buffer()
                 self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+                self._tf_source = 'tf2_ros'
             except ImportError:
-                if self._tf_mode == 'map_to_odom':
-                    self._log.error('tf_mode map_to_odom needs tf2_ros (apt install '
-                                    'ros-kilted-tf2-ros-py) to look up odom -> camera; '
-                                    'no TF will be published (use tf_mode camera)')
-                    self._tf_mode = 'none'
-                if self._cfg['use_tf_extrinsic']:
-                    self._log.info('tf2_ros is not available: the initial pose uses the '
-                                   'camera_in_base parameter as the camera extrinsic')
+                # No tf2_ros (ROS 2 from PyPI): the built-in /tf + /tf_static listener
+                # (node/tf_buffer.py) answers the same two look-ups.
+                try:
+                    from posenet_ros.node.tf_buffer import TfBuffer, TfListener
+                    self._tf_buffer = TfBuffer()
+                    self._tf_listener = TfListener(self._tf_buffer, self)
+                    self._tf_source = 'built-in /tf listener (tf2_ros absent)'
+                    self._log.info('tf2_ros is not available: TF look-ups use the built-in '
+                                   '/tf + /tf_static listener')
+                except ImportError:
+                    self._log.error('neither tf2_ros nor tf2_msgs is installed: no TF look-ups '
+                                    '(map_to_odom and the TF extrinsic are unavailable)')
+                    if self._tf_mode == 'map_to_odom':
+                        self._tf_mode = 'none'
 
     def _subscribe(self) -> None:
         qos = input_qos(self._cfg['input_reliability'])
@@ -334,13 +352,13 @@ class RelocalizerNode(Node):
             CompressedImage if compressed else Image, self._input_topic,
             lambda msg: self._on_image(msg, compressed), qos, event_callbacks=events)
         self._input_topic = self._sub.topic_name
-        self._info_topic = ''
-        if self._cfg['refine'] != 'off':
-            info = self._cfg['camera_info_topic'] or base.rstrip('/').rsplit('/', 1)[0] + \
-                '/camera_info'
-            sub = self.create_subscription(CameraInfo, info, self._on_camera_info,
-                                           input_qos('best_effort'))
-            self._info_topic = sub.topic_name
+        # camera_info: the intrinsics for verification, and (in every mode) the camera's own
+        # rate, the reference of the input-rate diagnostics (frames lost in transport).
+        info = self._cfg['camera_info_topic'] or base.rstrip('/').rsplit('/', 1)[0] + \
+            '/camera_info'
+        sub = self.create_subscription(CameraInfo, info, self._on_camera_info,
+                                       input_qos('best_effort'))
+        self._info_topic = sub.topic_name
 
     def _event_callbacks(self):
         from rclpy.event_handler import SubscriptionEventCallbacks
@@ -386,6 +404,8 @@ class RelocalizerNode(Node):
     def _on_image(self, msg, compressed: bool) -> None:
         slot = _Slot(msg, time.monotonic(), compressed)
         self._stats.count('received')
+        st = msg.header.stamp
+        self._stats.image_stamp(st.sec * 1_000_000_000 + st.nanosec)
         with self._cond:
             if self._slot is not None:
                 self._stats.count('dropped')  # overwritten before the worker got to it
@@ -395,6 +415,8 @@ class RelocalizerNode(Node):
     def _on_camera_info(self, msg) -> None:
         k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
         self._stats.count('camera_info')
+        st = msg.header.stamp
+        self._stats.info_stamp(st.sec * 1_000_000_000 + st.nanosec)
         if not (np.all(np.isfinite(k)) and k[0, 0] > 0 and k[1, 1] > 0 and msg.width > 0):
             self._warn('camera_info', f'ignoring CameraInfo on {self._info_topic} without '
                        "intrinsics (k is zero): uncalibrated camera? the map's are used")
@@ -476,8 +498,8 @@ class RelocalizerNode(Node):
 
         frame_id = cfg['camera_frame'] or msg.header.frame_id or self._camera_frame_default
         if cfg['continuous'] or not pending:
-            self._publish_pose(stamp, position, q_wxyz)
-            self._publish_tf(stamp, position, q_wxyz, frame_id)
+            t_map_base = self._publish_pose(stamp, position, q_wxyz, frame_id)
+            self._publish_tf(stamp, position, q_wxyz, frame_id, t_map_base)
             self._last_output = slot.t_received
         if cfg['refine'] == 'off':
             if pending:
@@ -589,11 +611,14 @@ class RelocalizerNode(Node):
     def _map_frame(self) -> str:
         return self._cfg['map_frame'] or self._map_frame_default
 
-    def _covariance(self) -> list[float]:
+    def _covariance_matrix(self) -> np.ndarray:
         ps, os_ = self._cfg['position_stddev'], self._cfg['orientation_stddev']
         cov = np.zeros((6, 6))
         cov[np.diag_indices(6)] = [ps * ps] * 3 + [os_ * os_] * 3
-        return cov.reshape(-1).tolist()
+        return cov
+
+    def _covariance(self) -> list[float]:
+        return self._covariance_matrix().reshape(-1).tolist()
 
     @staticmethod
     def _fill_pose(pose, position, q_wxyz) -> None:
@@ -603,7 +628,8 @@ class RelocalizerNode(Node):
         pose.orientation.x, pose.orientation.y = qx, qy
         pose.orientation.z, pose.orientation.w = qz, qw
 
-    def _publish_pose(self, stamp: TimeMsg, position, q_wxyz) -> None:
+    def _publish_pose(self, stamp: TimeMsg, position, q_wxyz, camera_frame: str):
+        """Camera pose (+ covariance), then the base pose; returns ``T_map_base`` or None."""
         map_frame = self._map_frame()
         msg = PoseStamped()
         msg.header.stamp = stamp
@@ -616,19 +642,36 @@ class RelocalizerNode(Node):
         cov.pose.covariance = self._covariance()
         self._cov_pub.publish(cov)
         self._stats.count('published')
+        t_cam_base, _ = self._base_extrinsic(camera_frame, stamp)
+        if t_cam_base is None:
+            return None
+        t_map_cam = geometry.pose_to_matrix(position, q_wxyz)
+        t_map_base = geometry.compose(t_map_cam, t_cam_base)
+        base = PoseWithCovarianceStamped()
+        base.header = msg.header
+        self._fill_pose(base.pose.pose, *geometry.matrix_to_pose(t_map_base))
+        base.pose.covariance = covariance_through_mount(
+            self._covariance_matrix(), t_map_cam, t_cam_base).reshape(-1).tolist()
+        self._base_pub.publish(base)
+        self._stats.count('base_published')
+        return t_map_base
 
-    def _publish_tf(self, stamp: TimeMsg, position, q_wxyz, camera_frame: str) -> None:
+    def _publish_tf(self, stamp: TimeMsg, position, q_wxyz, camera_frame: str,
+                    t_map_base: np.ndarray | None) -> None:
         if self._tf_mode == 'none':
             return
         if self._tf_mode == 'camera':
             child = camera_frame + self._cfg['tf_child_suffix']
             self._send_tf(stamp, self._map_frame(), child, position, q_wxyz)
             return
-        # map_to_odom: T_map_odom = T_map_cam * T_odom_cam^-1 at the image stamp, future-dated.
-        t_odom_cam = self._lookup(self._cfg['odom_frame'], camera_frame, stamp)
-        if t_odom_cam is None:
+        # map_to_odom: T_map_odom = T_map_base * T_odom_base^-1 at the image stamp,
+        # future-dated. A base pose refused for want of an extrinsic refuses this too.
+        if t_map_base is None:
             return
-        t_map_odom = map_to_odom(geometry.pose_to_matrix(position, q_wxyz), t_odom_cam)
+        t_odom_base = self._lookup(self._cfg['odom_frame'], self._cfg['base_frame'], stamp)
+        if t_odom_base is None:
+            return
+        t_map_odom = map_to_odom(t_map_base, t_odom_base)
         odom_pos, odom_q = geometry.matrix_to_pose(t_map_odom)
         future = Time.from_msg(stamp) + Duration(seconds=self._cfg['transform_tolerance'])
         self._send_tf(future.to_msg(), self._map_frame(), self._cfg['odom_frame'], odom_pos,
@@ -646,20 +689,69 @@ class RelocalizerNode(Node):
         r.x, r.y, r.z, r.w = qx, qy, qz, qw
         self._tf_pub.publish(self._tf_msg_type(transforms=[tf]))
 
-    def _lookup(self, target: str, source: str, stamp: TimeMsg) -> np.ndarray | None:
-        """``T_target_source`` at ``stamp`` from tf2 (None, logged, when unavailable)."""
+    def _lookup_tf(self, target: str, source: str, stamp: TimeMsg,
+                   timeout: float) -> tuple[np.ndarray | None, str]:
+        """``(T_target_source, '')`` at ``stamp``, or ``(None, why)``."""
         if self._tf_buffer is None:
-            return None
+            return None, 'no TF listener'
         try:
-            tf = self._tf_buffer.lookup_transform(
-                target, source, Time.from_msg(stamp),
-                timeout=Duration(seconds=self._cfg['tf_timeout']))
+            tf = self._tf_buffer.lookup_transform(target, source, Time.from_msg(stamp),
+                                                  timeout=Duration(seconds=timeout))
         except Exception as exc:  # tf2 LookupException / ExtrapolationException / ...
-            self._stats.count('tf_lookup_failed')
-            self._warn('tf_lookup', f'TF lookup {target} -> {source} failed: {exc}')
-            return None
+            return None, f'{type(exc).__name__}: {exc}'
         t, r = tf.transform.translation, tf.transform.rotation
-        return xyzw_pose_to_matrix([t.x, t.y, t.z, r.x, r.y, r.z, r.w])
+        return xyzw_pose_to_matrix([t.x, t.y, t.z, r.x, r.y, r.z, r.w]), ''
+
+    def _lookup(self, target: str, source: str, stamp: TimeMsg) -> np.ndarray | None:
+        """``T_target_source`` at ``stamp`` from TF (None, counted and logged, if unavailable)."""
+        mat, why = self._lookup_tf(target, source, stamp, self._cfg['tf_timeout'])
+        if mat is None:
+            self._stats.count('tf_lookup_failed')
+            self._warn('tf_lookup', f'TF lookup {target} -> {source} failed: {why}')
+        return mat
+
+    def _extrinsic(self, camera_frame: str, stamp: TimeMsg):
+        """``(T_cam_base, source, note)``: from TF, else camera_in_base, else ``(None, '', why)``.
+
+        Never a guess: a camera is not mounted at the identity (its optical frame looks along
+        z, the base along x), so without TF and without the parameter nothing is assumed.
+        """
+        cfg = self._cfg
+        base = cfg['base_frame']
+        tf_why = 'use_tf_extrinsic is false'
+        if cfg['use_tf_extrinsic']:
+            if self._tf_buffer is None:
+                tf_why = 'no TF listener (neither tf2_ros nor tf2_msgs is installed)'
+            else:
+                # After a failure, do not wait tf_timeout on every frame for a mount that
+                # is not in TF (that would cap the output rate); the next success re-arms it.
+                timeout = cfg['tf_timeout'] if self._extrinsic_tf_ok else 0.0
+                mat, why = self._lookup_tf(camera_frame, base, stamp, timeout)
+                if mat is not None:
+                    self._extrinsic_tf_ok = True
+                    return mat, 'tf', ''
+                self._extrinsic_tf_ok = False
+                tf_why = f'TF has no {base} -> {camera_frame} ({why})'
+        if cfg['camera_in_base']:
+            t_base_cam = xyzw_pose_to_matrix(cfg['camera_in_base'])
+            return geometry.invert(t_base_cam), 'parameter camera_in_base', tf_why
+        return None, '', (f'no extrinsic: {tf_why}, and camera_in_base is unset; publish '
+                          f'{base} -> {camera_frame} on TF (URDF / static_transform_publisher) '
+                          'or set camera_in_base [x, y, z, qx, qy, qz, qw] (docs/node.md, '
+                          '"Camera extrinsic")')
+
+    def _base_extrinsic(self, camera_frame: str, stamp: TimeMsg):
+        """:meth:`_extrinsic`, accounted: ``(T_cam_base, source)`` or ``(None, reason)``."""
+        mat, source, note = self._extrinsic(camera_frame, stamp)
+        if mat is None:
+            self._stats.base_outputs(f'refused: {note}', refused=True)
+            self._warn('base_refused', f'base-frame outputs refused ({note}); camera-frame '
+                       'outputs continue')
+            return None, note
+        if source != 'tf' and self._cfg['use_tf_extrinsic']:
+            self._warn('tf_extrinsic', f'{note}: using camera_in_base')
+        self._stats.base_outputs(f'ok (extrinsic: {source})')
+        return mat, source
 
     def _serve_requests(self, pending, stamp, cam_pos, cam_q, camera_frame, raw_norm,
                         covariance=None, verification=None) -> None:
@@ -674,25 +766,6 @@ class RelocalizerNode(Node):
         if not pending:  # already answered from an earlier frame
             return
         t_map_cam = geometry.pose_to_matrix(cam_pos, cam_q)
-        t_cam_base = self._lookup(camera_frame, cfg['base_frame'], stamp)
-        source = 'tf'
-        if t_cam_base is not None:
-            t_map_base = geometry.compose(t_map_cam, t_cam_base)
-        else:
-            source = 'parameter camera_in_base'
-            t_map_base = base_in_map(t_map_cam, xyzw_pose_to_matrix(cfg['camera_in_base']))
-        base_pos, base_q = geometry.matrix_to_pose(t_map_base)
-        msg = PoseWithCovarianceStamped()
-        msg.header.stamp = stamp
-        msg.header.frame_id = self._map_frame()
-        self._fill_pose(msg.pose.pose, base_pos, base_q)
-        if covariance is None:
-            msg.pose.covariance = self._covariance()
-        else:
-            t_cam_base_used = geometry.compose(geometry.invert(t_map_cam), t_map_base)
-            msg.pose.covariance = covariance_through_mount(
-                covariance, t_map_cam, t_cam_base_used).reshape(-1).tolist()
-        self._init_pub.publish(msg)  # once per request batch: AMCL re-initialises on every msg
         result = {
             'frame_id': self._map_frame(),
             'stamp': {'sec': int(stamp.sec), 'nanosec': int(stamp.nanosec)},
@@ -700,13 +773,29 @@ class RelocalizerNode(Node):
             'camera': {'position': [float(v) for v in cam_pos],
                        'orientation_xyzw': [float(v) for v in geometry.wxyz_to_xyzw(cam_q)]},
             'base_frame': cfg['base_frame'],
-            'base': {'position': [float(v) for v in base_pos],
-                     'orientation_xyzw': [float(v) for v in geometry.wxyz_to_xyzw(base_q)]},
-            'extrinsic_source': source,
             'raw_quat_norm': raw_norm,
             'model_id': self._model_id,
             'verified': verification is not None,
         }
+        t_cam_base, source = self._base_extrinsic(camera_frame, stamp)
+        if t_cam_base is None:
+            result['base'] = None
+            result['refused'] = source  # the reason; no initial pose is sent
+        else:
+            t_map_base = geometry.compose(t_map_cam, t_cam_base)
+            base_pos, base_q = geometry.matrix_to_pose(t_map_base)
+            msg = PoseWithCovarianceStamped()
+            msg.header.stamp = stamp
+            msg.header.frame_id = self._map_frame()
+            self._fill_pose(msg.pose.pose, base_pos, base_q)
+            cov = self._covariance_matrix() if covariance is None else covariance
+            msg.pose.covariance = covariance_through_mount(
+                cov, t_map_cam, t_cam_base).reshape(-1).tolist()
+            self._init_pub.publish(msg)  # once per request batch: AMCL re-initialises on each
+            result['base'] = {'position': [float(v) for v in base_pos],
+                              'orientation_xyzw': [float(v) for v in
+                                                   geometry.wxyz_to_xyzw(base_q)]}
+            result['extrinsic_source'] = source
         if verification is not None:
             result['verification'] = verification
         with self._cond:
@@ -739,6 +828,12 @@ class RelocalizerNode(Node):
         finally:
             with contextlib.suppress(InvalidHandle):  # the node is being destroyed (shutdown)
                 self.destroy_timer(timer)
+        if result is not None and result.get('refused'):
+            response.success = False
+            response.message = (f'base-frame outputs refused, nothing sent on '
+                                 f'{self._cfg["initial_pose_topic"]}: {result["refused"]}. '
+                                 f'The camera pose was: {json.dumps(result)}')
+            return response
         if result is not None:
             response.success = True
             response.message = json.dumps(result)
@@ -774,10 +869,11 @@ class RelocalizerNode(Node):
         values['precision'] = self._precision
         values['tf_mode'] = self._tf_mode
         values['refine'] = self._cfg['refine']
+        values['tf_source'] = self._tf_source
+        values['camera_info_topic'] = self._info_topic
+        values['camera_info_received'] = str(self._stats.totals['camera_info'])
         if self._cfg['refine'] != 'off':
             values['map_path'] = str(self._map_path)
-            values['camera_info_topic'] = self._info_topic
-            values['camera_info_received'] = str(self._stats.totals['camera_info'])
             values['intrinsics_source'] = self._intrinsics_source
             values['verify_dropped'] = str(self._stats.totals['verify_dropped'])
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
