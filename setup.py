@@ -20,7 +20,8 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', _files('launch/*.launch.py')),
-        ('share/' + package_name + '/config', _files('config/*.yaml') + _files('config/*.xml')),
+        ('share/' + package_name + '/config', _files('config/*.yaml') + _files('config/*.xml')
+         + _files('config/*.rviz')),
         ('share/' + package_name + '/models', _files('models/*.ts') + _files('models/*.pt2')
          + _files('models/*.md')),
     ],

@@ -37,6 +37,8 @@ ARGUMENTS = (
      'model)', 'map_path'),
     ('use_sim_time', '', 'true: use /clock (bag replay) instead of the system clock; default: '
      'params file (false)', 'use_sim_time'),
+    ('initial_pose_topic', '', 'topic of the initial-pose hint (absolute; a namespaced Nav2 '
+     'listens on /<ns>/initialpose); default: params file (/initialpose)', 'initial_pose_topic'),
     ('params_file', '', 'parameters YAML; empty = the installed config/relocalize.yaml', None),
     ('namespace', '', 'namespace of the node (its ~/ topics and services move with it)', None),
     ('log_level', 'info', 'logging level: debug, info, warn, error or fatal', None),

@@ -42,7 +42,7 @@ def test_setup_py_data_files_install_launch_config_models():
     data = {dest: files for dest, files in info['data_files']}
     assert data['share/ament_index/resource_index/packages'] == ['resource/posenet_ros']
     assert data['share/posenet_ros'] == ['package.xml']
-    for folder, pattern in (('launch', '*.launch.py'), ('config', '*.yaml')):
+    for folder, pattern in (('launch', '*.launch.py'), ('config', '*.yaml'), ('config', '*.rviz')):
         expected = sorted(str(p.relative_to(ROOT)) for p in (ROOT / folder).glob(pattern))
         assert expected, f'{folder}/ has no {pattern}'
         installed = data[f'share/posenet_ros/{folder}']
@@ -55,3 +55,31 @@ def test_setup_py_data_files_install_launch_config_models():
     assert any(s.startswith('posenet-ros = ') for s in scripts)
     # setup.py is valid Python that ament_python can parse
     ast.parse((ROOT / 'setup.py').read_text())
+
+
+def test_rviz_config_shows_topics_the_node_publishes():
+    """config/posenet.rviz loads as YAML and every topic it shows exists (node or SLAM stack)."""
+    import re
+
+    import yaml
+
+    view = yaml.safe_load((ROOT / 'config' / 'posenet.rviz').read_text())
+    manager = view['Visualization Manager']
+    assert manager['Global Options']['Fixed Frame'] == 'map'
+    displays = manager['Displays']
+    node_src = (ROOT / 'posenet_ros' / 'node' / 'relocalize_node.py').read_text()
+    published = set(re.findall(r"create_publisher\([^,]+,\s*'~/(\w+)'", node_src))
+    assert {'pose', 'base_pose_with_covariance', 'verified_pose'} <= published
+    shown = []
+    for d in displays:
+        assert d['Class'].startswith('rviz_default_plugins/'), d['Class']
+        topic = (d.get('Topic') or {}).get('Value')
+        if topic is None:
+            continue
+        shown.append(topic)
+        if topic.startswith('/posenet_relocalizer/'):
+            assert topic.split('/')[-1] in published, topic
+    from posenet_ros.node.params import defaults
+
+    assert defaults()['initial_pose_topic'] in shown
+    assert '/posenet_relocalizer/base_pose_with_covariance' in shown and '/map' in shown
