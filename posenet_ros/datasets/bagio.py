@@ -194,6 +194,8 @@ def open_reader(path, check_metadata: bool = True):
 
 def iter_messages(reader, connections, bag) -> Iterator:
     """``reader.messages(connections)`` with read failures turned into a :class:`BagError`."""
+    if not connections:  # rosbags reads *every* message for an empty connection list
+        return
     it = reader.messages(connections=connections)
     while True:
         try:
@@ -337,3 +339,24 @@ def parse_camera_in_base(values) -> np.ndarray:
         raise BagError(f'camera_in_base quaternion (qx qy qz qw) has norm {norm:.4f}, not 1: it '
                        'is not a rotation; give a unit quaternion in ROS order (w last)')
     return pose_to_matrix(arr[:3], xyzw_to_wxyz(arr[3:] / norm))
+
+
+def add_frame_args(ap) -> None:
+    """``--pose-frame``, ``--camera-frame``, ``--camera-in-base`` for commands reading bags."""
+    ap.add_argument('--pose-frame', default=None,
+                    help='bag: the frame a PoseStamped/PoseWithCovarianceStamped pose topic '
+                         'describes, e.g. base_link (default: a PoseStamped is the camera; a '
+                         "PoseWithCovarianceStamped needs it; Odometry's child_frame_id is used)")
+    ap.add_argument('--camera-frame', default=None,
+                    help="bag: the camera optical frame of the labels (default: the images' "
+                         'header.frame_id)')
+    ap.add_argument('--camera-in-base', nargs=7, type=float, default=None,
+                    metavar=('X', 'Y', 'Z', 'QX', 'QY', 'QZ', 'QW'),
+                    help='bag: pose of the camera optical frame in the frame the poses '
+                         "describe (e.g. base_link), used instead of the bag's /tf_static")
+
+
+def frame_kwargs(args) -> dict:
+    """The BagDataset keyword arguments of :func:`add_frame_args`' flags."""
+    return {'pose_frame': args.pose_frame, 'camera_frame': args.camera_frame,
+            'camera_in_base': args.camera_in_base}

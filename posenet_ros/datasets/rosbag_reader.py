@@ -436,7 +436,8 @@ class BagDataset:
                 continue
             st.n_used += 1
             yield PoseSample(position=pose[0], quaternion=pose[1], split=self.split,
-                             image=np.ascontiguousarray(rgb), stamp=t_ns / 1e9,
+                             image=rgb if rgb.flags.writeable and rgb.flags.c_contiguous
+                             else np.array(rgb, order='C'), stamp=t_ns / 1e9,
                              intrinsics=None if self.K is None else self.K.copy(),
                              name=f'{index:06d}')
 
