@@ -16,6 +16,7 @@ COMMANDS = {
     'train': ('posenet_ros.train', 'train a PoseNet on a dataset and export it'),
     'synth': ('posenet_ros.synthetic', 'render the synthetic scene (dataset folder + rosbag2)'),
     'extract-bag': ('posenet_ros.datasets.extract', 'turn a rosbag2 into a dataset folder'),
+    'bag-salvage': ('posenet_ros.datasets.salvage', 'copy the readable messages of a damaged bag'),
     'map': ('posenet_ros.verify.build', 'build the scene map that verifies/refines poses'),
     'evaluate': ('posenet_ros.evaluate', 'evaluate an exported model on a dataset or a bag'),
     'replay': ('posenet_ros.node.replay', 'publish a bag onto live ROS topics'),

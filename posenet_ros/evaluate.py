@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from posenet_ros.datasets.bagio import add_frame_args, frame_kwargs
 from posenet_ros.errors import EvaluationError, NonFiniteOutputError
 from posenet_ros.report import (
     MODEL_METHOD,
@@ -172,7 +173,7 @@ def _predict_dense(reloc, frame: np.ndarray, resize: int, crop: int, n: int):
 
 
 # --- inputs ----------------------------------------------------------------------------------
-def _open_test_samples(dataset, split, bag, image_topic, pose_topic, tf, max_gap):
+def _open_test_samples(dataset, split, bag, image_topic, pose_topic, tf, max_gap, frames):
     """``(iterable of test PoseSamples, BagDataset or None, total or None)``.
 
     A bag is opened here (topics and poses are validated now, before any model is loaded) and
@@ -182,7 +183,7 @@ def _open_test_samples(dataset, split, bag, image_topic, pose_topic, tf, max_gap
         from posenet_ros.datasets.rosbag_reader import BagDataset
 
         ds = BagDataset(bag, image_topic=image_topic, pose_topic=pose_topic, tf=tf,
-                        max_gap=max_gap, split='test')
+                        max_gap=max_gap, split='test', **frames)
         return ds, ds, _count_bag_frames(bag, ds.image_topic)
     from posenet_ros.datasets import load_dataset
 
@@ -207,18 +208,22 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
              tf: tuple[str, str] | None = None, max_gap: float = 0.1, dense: int = 0,
              train_dataset=None, baselines: bool = True, nn_features: str = 'auto',
              device: str = 'cpu', limit: int | None = None, progress: bool = True,
-             title: str | None = None, map_path=None, verifier_config=None) -> dict:
+             title: str | None = None, map_path=None, verifier_config=None,
+             camera_frame: str | None = None, pose_frame: str | None = None,
+             camera_in_base=None) -> dict:
     """Evaluate the export ``model`` on a dataset split or a bag; report to ``out_dir``.
 
     Returns the summary (see the module docstring for the files written).
 
     Give exactly one of ``dataset`` (any folder ``posenet_ros.datasets.load_dataset`` reads,
     with ``split``) or ``bag`` (with ``image_topic`` and ``pose_topic`` or ``tf=(map, cam)``;
-    poses are interpolated within ``max_gap`` s). ``dense`` > 0 adds the average of that many
-    crops per frame. Baselines use ``train_dataset``, else the dataset's train split, else the
-    training set recorded in the model's metadata. ``limit`` evaluates only the first frames.
-    ``map_path``: verify and refine every frame against this scene map (``posenet-ros map``);
-    frames without intrinsics use the map's.
+    poses are interpolated within ``max_gap`` s; a pose source of another frame than the camera,
+    e.g. base_link odometry, is composed with ``camera_in_base`` or the bag's /tf_static, see
+    :class:`~posenet_ros.datasets.rosbag_reader.BagDataset`). ``dense`` > 0 adds the average of
+    that many crops per frame. Baselines use ``train_dataset``, else the dataset's train split,
+    else the training set recorded in the model's metadata. ``limit`` evaluates only the first
+    frames. ``map_path``: verify and refine every frame against this scene map
+    (``posenet-ros map``); frames without intrinsics use the map's.
     """
     from tqdm import tqdm
 
@@ -233,8 +238,10 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
 
         raise ModelNotFoundError(f'model file {model} does not exist; export one with '
                                  "'posenet-ros train' or pass the right path")
+    frames = {'camera_frame': camera_frame, 'pose_frame': pose_frame,
+              'camera_in_base': camera_in_base}
     samples, bag_ds, total = _open_test_samples(dataset, split, bag, image_topic, pose_topic,
-                                                tf, max_gap)
+                                                tf, max_gap, frames)
     notes: list[str] = []
     reloc = meta = extractor = None
     train, train_src = [], ''
@@ -315,6 +322,9 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
         st = bag_ds.stats
         source.update({'bag': str(bag), 'image_topic': st.image_topic if st else image_topic,
                        'pose_source': st.pose_source if st else ''})
+        if st is not None and st.extrinsic:
+            source['ground_truth_frames'] = (f'{st.pose_of} poses in {st.pose_frame} composed '
+                                             f'with {st.extrinsic} to {st.camera_frame}')
         if st is not None and (st.n_no_pose or st.n_undecodable):
             notes.append(f'{st.n_no_pose} image(s) without ground truth within {max_gap} s and '
                          f'{st.n_undecodable} undecodable image(s) were not evaluated')
@@ -396,10 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument('--bag', type=Path, help='rosbag2 folder or .db3/.mcap file')
     ap.add_argument('--split', default='test', help='dataset split to evaluate (default: test)')
     ap.add_argument('--image-topic', help='image topic of the bag (default: its only one)')
-    ap.add_argument('--pose-topic', help='ground-truth pose topic of the bag (camera optical '
-                    'frame in the map frame)')
+    ap.add_argument('--pose-topic', help='ground-truth pose topic of the bag (PoseStamped, '
+                    'PoseWithCovarianceStamped or Odometry in the map frame; see --pose-frame)')
     ap.add_argument('--tf', nargs=2, metavar=('MAP', 'CAM'),
                     help='take ground truth from /tf: map frame and camera optical frame')
+    add_frame_args(ap)
     ap.add_argument('--max-gap', type=float, default=0.1,
                     help='largest gap (s) between the two ground-truth poses an image stamp is '
                          'interpolated between (default 0.1)')
@@ -435,8 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.tf and args.pose_topic:
         raise EvaluationError('give either --pose-topic or --tf MAP CAM, not both')
-    if args.dataset is not None and (args.tf or args.pose_topic or args.image_topic):
-        raise EvaluationError('--image-topic/--pose-topic/--tf only apply to --bag')
+    frames = frame_kwargs(args)
+    if args.dataset is not None and (args.tf or args.pose_topic or args.image_topic
+                                     or any(v is not None for v in frames.values())):
+        raise EvaluationError('--image-topic/--pose-topic/--tf/--pose-frame/--camera-frame/'
+                              '--camera-in-base only apply to --bag')
     if args.threads:
         import torch
 
@@ -444,6 +458,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.live:
         if args.bag is None:
             raise EvaluationError('--live needs --bag (the node is fed by replaying a bag)')
+        if any(v is not None for v in frames.values()):
+            raise EvaluationError('--live reads frames from the bag only (/tf_static for a '
+                                  'pose source of another frame); --pose-frame/--camera-frame/'
+                                  '--camera-in-base are not supported with --live: run without '
+                                  '--live, or extract-bag with them first')
         from posenet_ros.node.live_eval import live_evaluate
 
         summary = live_evaluate(args.model, args.bag, args.out, image_topic=args.image_topic,
@@ -452,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                                 rate=args.rate, device=args.device,
                                 train_dataset=args.train_dataset,
                                 baselines=not args.no_baselines, nn_features=args.nn_features,
-                                progress=not args.quiet, map_path=args.map_path)
+                                progress=not args.quiet, map_path=args.map_path, **frames)
     else:
         summary = evaluate(args.model, args.out, dataset=args.dataset, split=args.split,
                            bag=args.bag, image_topic=args.image_topic,
@@ -460,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
                            max_gap=args.max_gap, dense=args.dense,
                            train_dataset=args.train_dataset, baselines=not args.no_baselines,
                            nn_features=args.nn_features, device=args.device, limit=args.limit,
-                           progress=not args.quiet, map_path=args.map_path)
+                           progress=not args.quiet, map_path=args.map_path, **frames)
     print(format_markdown(summary))
     print(f'report written to {args.out}')
     return 0

@@ -175,13 +175,16 @@ def write_pose_bag(path, storage='sqlite3', n_images=10, image_dt=0.1, pose_time
                 T_odom_base = invert(T_map_odom) @ T @ invert(T_base_cam)
                 bag.tf(t0 + pt, [('map', 'odom', T_map_odom), ('odom', 'base', T_odom_base)])
             else:
-                bag.pose(pose_topic, t0 + pt, T[:3, 3], tq.mat2quat(T[:3, :3]), msgtype=pose_type)
+                bag.pose(pose_topic, t0 + pt, T[:3, 3], tq.mat2quat(T[:3, :3]), msgtype=pose_type,
+                         child_frame_id='cam_optical')
         for i, rgb in enumerate(frames):
             stamp = t0 + i * image_dt
             for enc in encodings:
-                bag.image(f'/cam/{enc}', stamp, rgb, encoding=enc, row_padding=row_padding)
+                bag.image(f'/cam/{enc}', stamp, rgb, frame_id='cam_optical', encoding=enc,
+                          row_padding=row_padding)
             if compressed:
-                bag.compressed('/cam/compressed', stamp, rgb, fmt='png')
+                bag.compressed('/cam/compressed', stamp, rgb, frame_id='cam_optical', fmt='png')
             if camera_info:
-                bag.camera_info('/cam/camera_info', stamp, TEST_K, size[1], size[0])
+                bag.camera_info('/cam/camera_info', stamp, TEST_K, size[1], size[0],
+                                frame_id='cam_optical')
     return frames

@@ -19,8 +19,12 @@ def test_pose_topic_interpolated_and_projected(tmp_path, storage, pose_type):
     # Poses every 70 ms starting 30 ms before the first image: images fall between poses.
     write_pose_bag(tmp_path / 'b', storage, n_images=6, pose_times=np.arange(-0.03, 0.7, 0.07),
                    pose_type=pose_type)
-    samples, stats = read_bag(tmp_path / 'b', image_topic='/cam/rgb8', pose_topic='/gt/pose')
+    # A PoseWithCovarianceStamped names no child frame and is a base pose in ROS: say which.
+    frame = {'pose_frame': 'cam_optical'} if 'Covariance' in pose_type else {}
+    samples, stats = read_bag(tmp_path / 'b', image_topic='/cam/rgb8', pose_topic='/gt/pose',
+                              **frame)
     assert stats.n_used == 6 and stats.n_no_pose == 0
+    assert stats.pose_of == stats.camera_frame == 'cam_optical' and not stats.extrinsic
     assert stats.intrinsics_source == '/cam/camera_info'
     for s in samples:
         T = motion(s.stamp - T0)  # constant-rate motion: lerp/slerp are exact (up to the

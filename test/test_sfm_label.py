@@ -90,6 +90,57 @@ def test_label_bag_recovers_metric_poses(scene_bag, labelled):
                for s in samples)
 
 
+# POSENET_TEST_SABOTAGE=extrinsic: an identity extrinsic (base poses taken as camera poses)
+SABOTAGE_ARGS = ['--camera-in-base', *'0 0 0 0 0 0 1'.split()] if SABOTAGE == 'extrinsic' \
+    else []
+
+
+def test_label_bag_of_base_odometry_gives_camera_labels(scene_bag, tmp_path):
+    """A robot bag: /odom of base_link (in odom) + /tf_static to the camera, no camera pose.
+
+    label picks /odom itself, composes it with the static mounting, aligns SfM to the camera
+    poses and writes the map frame it really used ('odom'), not 'map'.
+    """
+    import transforms3d.quaternions as tq
+    from helpers_data import rot
+
+    from posenet_ros.geometry import invert, matrix_to_pose, pose_to_matrix
+
+    _, truth, K = scene_bag
+    cfg = syn.SceneConfig(seed=SEED)
+    scene = syn.make_scene(cfg.seed)
+    T_base_link = pose_to_matrix([0.25, 0.0, 0.6], tq.mat2quat(rot([0, 1, 0], 12)))
+    T_link_opt = syn.T_BASE_CAM  # any rigid mounting with the REP-103 optical rotation
+    T_base_cam = T_base_link @ T_link_opt
+    with syn.RosbagWriter(tmp_path / 'robot') as bag:
+        bag.tf(100.0, [('base_link', 'camera_link', T_base_link),
+                       ('camera_link', 'camera_optical', T_link_opt)], static=True)
+        for i in range(N_FRAMES):
+            t = 100.0 + i / RATE
+            p, q = truth[f'images/frame_{i:06d}.png']
+            bag.image('/camera/image_raw', t, syn.render(scene, p, q, K, cfg.width, cfg.height))
+            bag.camera_info('/camera/camera_info', t, K, cfg.width, cfg.height)
+            bp, bq = matrix_to_pose(pose_to_matrix(p, q) @ invert(T_base_cam))
+            bag.pose('/odom', t, bp, bq, frame_id='odom', msgtype='nav_msgs/msg/Odometry',
+                     child_frame_id='base_link')
+    out = tmp_path / 'labels'
+    assert label.main([str(tmp_path / 'robot'), '--out', str(out), '--fps', str(RATE),
+                       '--matcher', 'sequential', '--test-every', '5', *SABOTAGE_ARGS]) == 0
+    info = json.loads((out / 'dataset.json').read_text())
+    assert info['frames']['map_frame'] == 'odom' and info['frames']['pose_of'] == 'base_link'
+    assert info['frames']['camera_frame'] == 'camera_optical'
+    assert info['alignment']['reference_source'] == (
+        'bag topic /odom of base_link composed with tf_static '
+        'base_link->camera_link->camera_optical') or SABOTAGE_ARGS
+    samples = read_manifest(out, 'all')
+    t_err = [translation_error(s.position, truth[s.name][0]) for s in samples]
+    r_err = [rotation_error_deg(s.quaternion, truth[s.name][1]) for s in samples]
+    # base_link is 0.6 m below and 0.25 m behind the camera: base poses taken as camera poses
+    # would be off by more than the bound below.
+    assert len(samples) >= 0.75 * N_FRAMES
+    assert np.median(t_err) < 0.10 and np.median(r_err) < 1.0, (t_err, r_err)
+
+
 def test_import_sfm_with_surveyed_points(scene_bag, labelled, tmp_path):
     """The label run's COLMAP model, re-imported with 5 surveyed positions, gives metres too."""
     _, truth, _ = scene_bag

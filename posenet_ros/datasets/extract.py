@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sqlite3
 from pathlib import Path
 
 import cv2
 
+from posenet_ros.datasets.bagio import add_frame_args, frame_kwargs
 from posenet_ros.datasets.manifest import INFO_FILE, MANIFEST_FILE, write_manifest
 from posenet_ros.datasets.rosbag_reader import BagDataset, BagStats
 from posenet_ros.datasets.types import PoseSample
-from posenet_ros.errors import BagError, ConfigError, DatasetError
+from posenet_ros.errors import ConfigError, DatasetError
 
 __all__ = ['extract_bag', 'assign_split', 'main']
 
@@ -41,8 +41,14 @@ def assign_split(index: int, stamp: float | None, start: float | None, test_ever
 def extract_bag(bag, out_dir, image_topic: str | None = None, pose_topic: str | None = None,
                 tf: tuple[str, str] | None = None, camera_info_topic: str | None = None,
                 max_gap: float = 0.1, test_every: int = 0, test_after: float | None = None,
-                every_n: int = 1, overwrite: bool = False, progress: bool = True) -> BagStats:
+                every_n: int = 1, overwrite: bool = False, progress: bool = True,
+                camera_frame: str | None = None, pose_frame: str | None = None,
+                camera_in_base=None) -> BagStats:
     """Write ``out_dir/images/*.png`` + ``poses.csv`` + ``dataset.json`` from a bag.
+
+    Labels are camera optical frame poses: a pose source of another frame (e.g. base_link
+    odometry) is composed with the extrinsic from ``camera_in_base`` or the bag's /tf_static
+    (see :class:`BagDataset` for ``camera_frame``, ``pose_frame``, ``camera_in_base``).
 
     Split rule: ``test_every=N`` puts every N-th kept frame in 'test'; ``test_after=T`` puts
     frames recorded T seconds after the first kept frame in 'test'; neither: all 'train'.
@@ -62,27 +68,25 @@ def extract_bag(bag, out_dir, image_topic: str | None = None, pose_topic: str | 
             (out_dir / name).unlink(missing_ok=True)
     img_dir = out_dir / 'images'
     samples = []
-    try:
-        with BagDataset(bag, image_topic=image_topic, pose_topic=pose_topic, tf=tf,
-                        camera_info_topic=camera_info_topic, max_gap=max_gap,
-                        every_n=every_n) as ds:
-            img_dir.mkdir(parents=True, exist_ok=True)
-            start = None
-            bar = tqdm(ds, desc='extract', unit='frame', disable=not progress, leave=False)
-            for sample in bar:
-                start = sample.stamp if start is None else start
-                split = assign_split(len(samples), sample.stamp, start, test_every, test_after)
-                path = img_dir / f'{len(samples):06d}.png'
-                if not cv2.imwrite(str(path), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR)):
-                    raise DatasetError(f'cannot write {path}; check disk space and permissions')
-                samples.append(PoseSample(
-                    position=sample.position, quaternion=sample.quaternion, split=split,
-                    image_path=path, stamp=sample.stamp, intrinsics=sample.intrinsics,
-                    name=path.name))
-            ds.check_overlap()
-            stats = ds.stats
-    except sqlite3.DatabaseError as exc:
-        raise BagError(f'bag {bag} is corrupt ({exc}); re-record or re-copy it') from None
+    with BagDataset(bag, image_topic=image_topic, pose_topic=pose_topic, tf=tf,
+                    camera_info_topic=camera_info_topic, max_gap=max_gap, every_n=every_n,
+                    camera_frame=camera_frame, pose_frame=pose_frame,
+                    camera_in_base=camera_in_base) as ds:
+        img_dir.mkdir(parents=True, exist_ok=True)
+        start = None
+        bar = tqdm(ds, desc='extract', unit='frame', disable=not progress, leave=False)
+        for sample in bar:
+            start = sample.stamp if start is None else start
+            split = assign_split(len(samples), sample.stamp, start, test_every, test_after)
+            path = img_dir / f'{len(samples):06d}.png'
+            if not cv2.imwrite(str(path), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR)):
+                raise DatasetError(f'cannot write {path}; check disk space and permissions')
+            samples.append(PoseSample(
+                position=sample.position, quaternion=sample.quaternion, split=split,
+                image_path=path, stamp=sample.stamp, intrinsics=sample.intrinsics,
+                name=path.name))
+        ds.check_overlap()
+        stats = ds.stats
     frames = dict(stats.frames) or {'map_frame': stats.pose_frame}
     info = {'format': 'posenet_ros-manifest', 'version': 1, 'source': 'rosbag2',
             'frames': frames, 'split_rule': {'test_every': test_every, 'test_after': test_after},
@@ -101,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('--image-topic', help='Image or CompressedImage topic (default: the only one)')
     src = ap.add_mutually_exclusive_group()
     src.add_argument('--pose-topic', help='PoseStamped / PoseWithCovarianceStamped / Odometry '
-                                          'topic of the camera optical frame in the map frame')
+                                          'topic in the map frame (of the camera, or of a frame '
+                                          'the extrinsic maps to the camera)')
     src.add_argument('--tf', nargs=2, metavar=('MAP_FRAME', 'CAMERA_FRAME'),
                      help='compose the pose from /tf + /tf_static instead')
+    add_frame_args(ap)
     ap.add_argument('--camera-info-topic', help='CameraInfo topic (default: next to the image)')
     ap.add_argument('--max-gap', type=float, default=0.1,
                     help='largest pose gap (s) to interpolate across (default 0.1)')
@@ -119,9 +125,13 @@ def main(argv: list[str] | None = None) -> int:
                         pose_topic=args.pose_topic, tf=tuple(args.tf) if args.tf else None,
                         camera_info_topic=args.camera_info_topic, max_gap=args.max_gap,
                         test_every=args.test_every, test_after=args.test_after,
-                        every_n=args.every_n, overwrite=args.force, progress=not args.quiet)
+                        every_n=args.every_n, overwrite=args.force, progress=not args.quiet,
+                        **frame_kwargs(args))
     print(f'{args.out}: {stats.n_used} frames written from {stats.n_images} images on '
           f'{stats.image_topic} (poses: {stats.pose_source}); skipped {stats.n_no_pose} without '
           f'a pose within {stats.max_gap} s, {stats.n_subsampled} by --every-n, '
           f'{stats.n_undecodable} undecodable; intrinsics: {stats.intrinsics_source or "none"}')
+    if stats.extrinsic:
+        print(f'labels are of camera frame {stats.camera_frame!r}: poses of {stats.pose_of!r} '
+              f'composed with the extrinsic from {stats.extrinsic}')
     return 0

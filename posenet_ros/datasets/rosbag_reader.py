@@ -2,10 +2,25 @@
 
 Images come from a ``sensor_msgs/Image`` or ``sensor_msgs/CompressedImage`` topic. Poses come
 from a ``geometry_msgs/PoseStamped``, ``PoseWithCovarianceStamped`` or ``nav_msgs/Odometry``
-topic, **or** from TF (``/tf`` + ``/tf_static``): the chain ``map_frame -> ... -> camera_frame``
-is composed edge by edge. Either way the pose must be that of the camera *optical* frame
-(z forward, x right, y down) in the map frame, i.e. ``T_map_cam`` (our convention); ROS
-quaternions are xyzw and are converted to wxyz here.
+topic, **or** from TF (``/tf`` + ``/tf_static``): the chain ``map_frame -> ... -> frame`` is
+composed edge by edge. Labels are always ``T_map_cam`` of the camera *optical* frame (z forward,
+x right, y down; our convention); ROS quaternions are xyzw and are converted to wxyz here.
+
+Which frame a pose source describes (``pose_of``) is read, not assumed:
+
+- ``nav_msgs/Odometry``: its ``child_frame_id`` (authoritative; usually ``base_link``).
+- ``PoseStamped``: it names no child frame; ``pose_frame`` says which frame it is, default the
+  camera frame (this project's ground-truth topics are camera poses). A PoseStamped of the
+  robot (mocap body, ...) needs ``pose_frame='base_link'``.
+- ``PoseWithCovarianceStamped``: in ROS it is the robot base's pose (AMCL ``/amcl_pose``,
+  robot_localization), so it has no default: ``pose_frame`` must name the frame.
+- TF ``(map_frame, frame)``: ``frame``.
+
+The camera frame is ``camera_frame`` or the image messages' ``header.frame_id``. When
+``pose_of`` is another frame, the extrinsic ``T_pose_of_cam`` comes from ``camera_in_base``
+(``x y z qx qy qz qw``) or else from the bag's ``/tf_static`` (a chain of static transforms), and
+labels are ``T_map_pose_of @ T_pose_of_cam``. Without either, :class:`BagError` names both
+frames and the fixes. The map frame of the labels is the pose source's ``header.frame_id``.
 
 Association uses header stamps (the bag's record time only when a header stamp is zero). An image
 at time ``t`` gets a pose when a pose sample lies within ``EXACT_TOLERANCE_NS`` of ``t`` or two
@@ -15,15 +30,22 @@ orientation). Other images are skipped and counted in :class:`BagStats`.
 
 from __future__ import annotations
 
-import sqlite3
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from posenet_ros.datasets.types import PoseSample, intrinsics_matrix
+from posenet_ros.datasets import bagio
+from posenet_ros.datasets.bagio import (
+    CAMERA_INFO_TYPE,
+    IMAGE_TYPES,
+    POSE_TYPES,
+    TF_TYPE,
+    is_bag,
+    strip_frame,
+)
+from posenet_ros.datasets.types import PoseSample
 from posenet_ros.errors import BagError, ImageConversionError
 from posenet_ros.geometry import (
     canonicalize_quaternion,
@@ -35,23 +57,12 @@ from posenet_ros.geometry import (
     xyzw_to_wxyz,
 )
 
-__all__ = ['BagStats', 'BagDataset', 'read_bag', 'is_bag', 'IMAGE_TYPES', 'POSE_TYPES']
+__all__ = ['BagStats', 'BagDataset', 'read_bag', 'is_bag', 'IMAGE_TYPES', 'POSE_TYPES',
+           'TF_TYPE', 'CAMERA_INFO_TYPE']
 
-IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
-POSE_TYPES = ('geometry_msgs/msg/PoseStamped', 'geometry_msgs/msg/PoseWithCovarianceStamped',
-              'nav_msgs/msg/Odometry')
-TF_TYPE = 'tf2_msgs/msg/TFMessage'
-CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 #: A pose sample this close to an image stamp is used as is (no bracketing pair needed).
 EXACT_TOLERANCE_NS = 1_000_000  # 1 ms
-
-
-def is_bag(path) -> bool:
-    """True when ``path`` is a rosbag2 directory or a bare ``.db3`` / ``.mcap`` file."""
-    path = Path(path)
-    if path.is_dir():
-        return (path / 'metadata.yaml').is_file()
-    return path.is_file() and path.suffix in ('.db3', '.mcap')
+_POSE_STAMPED, _POSE_COV, _ODOMETRY = POSE_TYPES
 
 
 @dataclass
@@ -72,6 +83,9 @@ class BagStats:
     image_span: tuple[float, float] | None = None  # first/last image stamp (s)
     pose_span: tuple[float, float] | None = None  # first/last pose stamp (s)
     pose_frame: str = ''  # header.frame_id of the poses (the map frame)
+    pose_of: str = ''  # the frame the pose source describes (Odometry child_frame_id, ...)
+    camera_frame: str = ''  # the images' frame (labels are of this frame)
+    extrinsic: str = ''  # how T_pose_of_cam was found: '', 'camera_in_base', 'tf_static a->b'
     intrinsics_source: str = ''
     frames: dict = field(default_factory=dict)
 
@@ -123,15 +137,11 @@ def _stamp_ns(header, record_ns: int, stats: BagStats) -> int:
 
 
 def _pose_of(msg, msgtype: str):
-    pose = msg.pose.pose if msgtype != 'geometry_msgs/msg/PoseStamped' else msg.pose
+    pose = msg.pose.pose if msgtype != _POSE_STAMPED else msg.pose
     p = np.array([pose.position.x, pose.position.y, pose.position.z], dtype=np.float64)
     q = np.array([pose.orientation.x, pose.orientation.y, pose.orientation.z,
                   pose.orientation.w], dtype=np.float64)
     return p, q
-
-
-def _strip(frame: str) -> str:
-    return frame[1:] if frame.startswith('/') else frame
 
 
 class BagDataset:
@@ -144,86 +154,54 @@ class BagDataset:
     Args:
         path: rosbag2 directory (or a bare ``.db3``/``.mcap`` file).
         image_topic: Image or CompressedImage topic; ``None`` picks the only raw image topic.
-        pose_topic: PoseStamped / PoseWithCovarianceStamped / Odometry topic of the camera
-            optical frame in the map frame.
-        tf: ``(map_frame, camera_frame)`` to compose from ``/tf`` + ``/tf_static`` instead.
+        pose_topic: PoseStamped / PoseWithCovarianceStamped / Odometry topic in the map frame.
+        tf: ``(map_frame, frame)`` to compose from ``/tf`` + ``/tf_static`` instead.
             With neither ``pose_topic`` nor ``tf`` the bag's only pose-typed topic is used.
         camera_info_topic: CameraInfo topic for intrinsics; ``None`` tries
             ``<image namespace>/camera_info``.
         max_gap: largest time (s) between the two pose samples an image is interpolated between.
         every_n: keep every n-th image message (1 = all).
         split: split name given to every sample.
+        camera_frame: the camera optical frame the labels are for; default the images'
+            ``header.frame_id``.
+        pose_frame: which frame a PoseStamped / PoseWithCovarianceStamped describes (see the
+            module docstring); for Odometry it must match ``child_frame_id`` if given.
+        camera_in_base: ``T_pose_frame_cam`` as ``x y z qx qy qz qw`` (or 4x4), used instead
+            of ``/tf_static`` when the pose is not of the camera.
     """
 
     def __init__(self, path, image_topic: str | None = None, pose_topic: str | None = None,
                  tf: tuple[str, str] | None = None, camera_info_topic: str | None = None,
-                 max_gap: float = 0.1, every_n: int = 1, split: str = 'train'):
-        from rosbags.highlevel import AnyReader
-        from rosbags.typesys import Stores, get_typestore
-
+                 max_gap: float = 0.1, every_n: int = 1, split: str = 'train',
+                 camera_frame: str | None = None, pose_frame: str | None = None,
+                 camera_in_base=None):
         if pose_topic and tf:
             raise BagError('give either pose_topic or tf=(map_frame, camera_frame), not both')
         if max_gap <= 0 or every_n < 1:
             raise BagError(f'max_gap must be > 0 and every_n >= 1 (got {max_gap}, {every_n})')
-        self.path = self._resolve(Path(path))
-        # Bags from ROS 2 Humble and older carry no message definitions: fall back to Humble's
-        # (sensor_msgs/geometry_msgs/nav_msgs/tf2_msgs are identical in Humble..Kilted).
+        if tf is not None and pose_frame:
+            raise BagError('pose_frame applies to pose topics; with tf the frame is tf[1]')
+        T_ext = None if camera_in_base is None else bagio.parse_camera_in_base(camera_in_base)
+        self._reader, self.path = bagio.open_reader(path)
         try:
-            self._reader = AnyReader([self.path],
-                                     default_typestore=get_typestore(Stores.ROS2_HUMBLE))
-            self._reader.open()
-        except Exception as exc:  # rosbags raises several types for unreadable bags
-            raise BagError(f'cannot open bag {self.path}: {exc}; check that it is a complete '
-                           'rosbag2 (metadata.yaml + .db3/.mcap)') from None
-        try:
-            self._setup(image_topic, pose_topic, tf, camera_info_topic, max_gap, every_n, split)
+            self._setup(image_topic, pose_topic, tf, camera_info_topic, max_gap, every_n, split,
+                        camera_frame, pose_frame, T_ext)
         except BaseException:
             self.close()
             raise
 
-    @staticmethod
-    def _resolve(path: Path) -> Path:
-        if not path.exists():
-            raise BagError(f'bag {path} does not exist')
-        if path.is_file() and (path.parent / 'metadata.yaml').is_file():
-            return path.parent
-        if path.is_dir() and not (path / 'metadata.yaml').is_file():
-            raise BagError(f'{path} is not a rosbag2 directory (no metadata.yaml); pass the bag '
-                           'folder or a .db3/.mcap file')
-        if path.is_file() and path.suffix not in ('.db3', '.mcap'):
-            raise BagError(f'{path} is not a rosbag2 (.db3 or .mcap) file')
-        return path
-
     # -- setup: topics, poses, intrinsics -----------------------------------------------------
     def _topics(self) -> dict[str, str]:
-        return {c.topic: c.msgtype for c in self._reader.connections}
+        return bagio.topics(self._reader)
 
     def _topic_listing(self) -> str:
-        topics = self._topics()
-        if not topics:
-            return 'the bag has no topics'
-        return 'topics in the bag: ' + ', '.join(f'{t} [{m}]' for t, m in sorted(topics.items()))
+        return bagio.topic_listing(self._reader)
 
     def _pick(self, wanted: str | None, types: tuple[str, ...], what: str) -> str:
-        topics = self._topics()
-        if wanted is not None:
-            if wanted not in topics:
-                raise BagError(f'{what} topic {wanted!r} is not in bag {self.path}; '
-                               f'{self._topic_listing()}')
-            if topics[wanted] not in types:
-                raise BagError(f'{what} topic {wanted!r} has type {topics[wanted]}, expected one '
-                               f'of {", ".join(types)}; {self._topic_listing()}')
-            return wanted
-        found = sorted(t for t, m in topics.items() if m in types)
-        if what == 'image' and len(found) > 1:  # prefer the single raw topic if there is one
-            raw = [t for t in found if topics[t] == IMAGE_TYPES[0]]
-            found = raw if len(raw) == 1 else found
-        if len(found) != 1:
-            raise BagError(f'{"no" if not found else "several"} {what} topic(s) in bag '
-                           f'{self.path}; name one explicitly. {self._topic_listing()}')
-        return found[0]
+        return bagio.pick_topic(self._reader, wanted, types, what, self.path)
 
-    def _setup(self, image_topic, pose_topic, tf, camera_info_topic, max_gap, every_n, split):
+    def _setup(self, image_topic, pose_topic, tf, camera_info_topic, max_gap, every_n, split,
+               camera_frame, pose_frame, T_ext):
         self.image_topic = self._pick(image_topic, IMAGE_TYPES, 'image')
         self.every_n = int(every_n)
         self.split = split
@@ -235,34 +213,105 @@ class BagDataset:
             source = f'tf {tf[0]}->{tf[1]}'
         self.stats = BagStats(bag=str(self.path), image_topic=self.image_topic,
                               pose_source=source, max_gap=float(max_gap))
+        cam = strip_frame(camera_frame) if camera_frame else \
+            bagio.first_frame_id(self._reader, self.image_topic, self.path)
         if tf is None:
-            self._series = [(self._read_pose_topic(pose_topic), False)]
+            series, pose_of = self._read_pose_topic(pose_topic, pose_frame, cam)
+            self._series = [(series, False)]
         else:
-            self._series = self._read_tf_chain(_strip(tf[0]), _strip(tf[1]))
+            self._series = self._read_tf_chain(strip_frame(tf[0]), strip_frame(tf[1]))
+            pose_of = strip_frame(tf[1])
+        self.stats.pose_of = pose_of
+        self.stats.camera_frame = cam or pose_of
+        self._apply_extrinsic(pose_of, cam, T_ext, camera_frame is not None)
+        self.stats.frames.update(map_frame=self.stats.pose_frame,
+                                 camera_frame=self.stats.camera_frame, pose_of=pose_of,
+                                 extrinsic=self.stats.extrinsic)
         self.K = self._read_camera_info(camera_info_topic)
+
+    def _apply_extrinsic(self, pose_of: str, cam: str, T_ext, cam_given: bool) -> None:
+        """Append ``T_pose_of_cam`` to the chain when the pose is not the camera's."""
+        if not cam or pose_of == cam:
+            return
+        if T_ext is not None:
+            T, how = T_ext, 'camera_in_base'
+        else:
+            found = bagio.static_transform(bagio.static_edges(self._reader, self.path),
+                                           pose_of, cam)
+            if found is None:
+                where = 'the camera_frame you gave' if cam_given else \
+                    f'the header.frame_id of {self.image_topic}'
+                raise BagError(
+                    f"poses from {self.stats.pose_source} in {self.path} are of frame "
+                    f"'{pose_of}', but the images are of camera frame '{cam}' ({where}), and "
+                    f"the bag's /tf_static has no transform '{pose_of}' -> '{cam}'. Fix: record "
+                    f'/tf_static with the camera mounting (robot_state_publisher), or pass '
+                    f'--camera-in-base X Y Z QX QY QZ QW (the pose of {cam!r} in {pose_of!r}), '
+                    f'or use a pose source of the camera frame (a camera pose topic, or '
+                    f"--tf MAP {cam}); if the poses already are the camera's, pass "
+                    f'--camera-frame {pose_of}')
+            T, path = found
+            how = f'tf_static {path}'
+        p, q = matrix_to_pose(T)
+        self._series.append((_Series([0], [p], [q], static=True), False))
+        self.stats.extrinsic = how
+        self.stats.frames['camera_in_pose_frame'] = [float(v) for v in (*p, *q)]  # xyz wxyz
 
     def _conns(self, topic: str):
         return [c for c in self._reader.connections if c.topic == topic]
 
-    def _read_pose_topic(self, topic: str) -> _Series:
-        stamps, ps, qs, frames = [], [], [], set()
-        for conn, rec_ns, raw in self._reader.messages(connections=self._conns(topic)):
-            msg = self._reader.deserialize(raw, conn.msgtype)
-            p, q = _pose_of(msg, conn.msgtype)
+    def _messages(self, conns):
+        for conn, rec_ns, raw in bagio.iter_messages(self._reader, conns, self.path):
+            yield conn, rec_ns, bagio.deserialize(self._reader, raw, conn.msgtype, self.path)
+
+    def _read_pose_topic(self, topic: str, pose_frame: str | None, cam: str):
+        """(series of T_map_X, X): the poses and the frame X they describe."""
+        stamps, ps, qs, frames, children = [], [], [], set(), set()
+        msgtype = self._topics()[topic]
+        for _, rec_ns, msg in self._messages(self._conns(topic)):
+            p, q = _pose_of(msg, msgtype)
             if not (np.all(np.isfinite(p)) and np.all(np.isfinite(q))) or np.linalg.norm(q) < 1e-9:
                 continue  # an invalid pose is no label
             stamps.append(_stamp_ns(msg.header, rec_ns, self.stats))
             ps.append(p)
             qs.append(canonicalize_quaternion(xyzw_to_wxyz(q)))
-            frames.add(_strip(msg.header.frame_id))
+            frames.add(strip_frame(msg.header.frame_id))
+            if msgtype == _ODOMETRY:
+                children.add(strip_frame(msg.child_frame_id))
         if not stamps:
             raise BagError(f'pose topic {topic!r} in bag {self.path} has no (valid) messages; '
                            f'record the ground-truth pose or use TF. {self._topic_listing()}')
+        if len(frames) > 1:
+            raise BagError(f'pose topic {topic!r} in {self.path} mixes header frames '
+                           f'({", ".join(sorted(frames))}); labels need one map frame')
+        pose_frame = strip_frame(pose_frame) if pose_frame else None
+        if msgtype == _ODOMETRY:
+            children.discard('')
+            if len(children) > 1:
+                raise BagError(f'odometry {topic!r} in {self.path} names several child frames '
+                               f'({", ".join(sorted(children))})')
+            child = next(iter(children), None) or pose_frame
+            if child is None:
+                raise BagError(f'odometry {topic!r} in {self.path} has an empty child_frame_id; '
+                               'pass --pose-frame with the frame it describes (e.g. base_link)')
+            if pose_frame and pose_frame != child:
+                raise BagError(f'--pose-frame {pose_frame} contradicts the child_frame_id '
+                               f'{child!r} of odometry {topic!r}; drop --pose-frame')
+        elif pose_frame:
+            child = pose_frame
+        elif msgtype == _POSE_STAMPED:
+            child = cam  # documented default: a PoseStamped here is the camera's pose
+        else:
+            raise BagError(
+                f'{topic!r} in {self.path} is a PoseWithCovarianceStamped, which in ROS is the '
+                "robot base's pose (e.g. AMCL's /amcl_pose) and names no child frame: pass "
+                f'--pose-frame with the frame it describes (e.g. --pose-frame base_link, or '
+                f"--pose-frame {cam or 'CAMERA_FRAME'} if it is the camera's pose)")
         self.stats.n_poses = len(stamps)
-        self.stats.pose_frame = ','.join(sorted(frames))
+        self.stats.pose_frame = next(iter(frames))
         series = _Series(stamps, ps, qs)
         self.stats.pose_span = (float(series.stamps[0]) / 1e9, float(series.stamps[-1]) / 1e9)
-        return series
+        return series, child
 
     def _read_tf_chain(self, map_frame: str, cam_frame: str):
         """Per-edge series along map -> camera; returns [(series, inverted), ...] map-to-cam."""
@@ -273,11 +322,10 @@ class BagDataset:
                            f'topic; use a pose topic instead. {self._topic_listing()}')
         edges: dict[str, dict] = {}  # child -> {parent, stamps, ps, qs, static}
         conns = [c for t in tf_topics for c in self._conns(t)]
-        for conn, rec_ns, raw in self._reader.messages(connections=conns):
-            msg = self._reader.deserialize(raw, conn.msgtype)
+        for conn, rec_ns, msg in self._messages(conns):
             static = conn.topic == '/tf_static'
             for tr in msg.transforms:
-                parent, child = _strip(tr.header.frame_id), _strip(tr.child_frame_id)
+                parent, child = strip_frame(tr.header.frame_id), strip_frame(tr.child_frame_id)
                 edge = edges.setdefault(child, {'parent': parent, 'stamps': [], 'ps': [],
                                                 'qs': [], 'static': static})
                 if edge['parent'] != parent:
@@ -326,27 +374,15 @@ class BagDataset:
         return series
 
     def _read_camera_info(self, topic: str | None) -> np.ndarray | None:
-        topics = self._topics()
         if topic is None:
-            # image_transport: <ns>/image_raw[/compressed] next to <ns>/camera_info
-            parts = self.image_topic.split('/')
-            guesses = ['/'.join(parts[:-k]) + '/camera_info' for k in (1, 2) if len(parts) > k]
-            topic = next((g for g in guesses if topics.get(g) == CAMERA_INFO_TYPE), None)
+            topic = bagio.camera_info_topic(self._reader, self.image_topic)
             if topic is None:
                 return None
-        elif topics.get(topic) != CAMERA_INFO_TYPE:
-            raise BagError(f'camera_info topic {topic!r} is missing or not a CameraInfo in '
-                           f'{self.path}; {self._topic_listing()}')
-        for conn, _, raw in self._reader.messages(connections=self._conns(topic)):
-            msg = self._reader.deserialize(raw, conn.msgtype)
-            k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-            if k[0, 0] <= 0 or k[1, 1] <= 0:
-                warnings.warn(f'{topic} in {self.path} has an uncalibrated K (fx or fy <= 0); '
-                              'samples get no intrinsics', stacklevel=3)
-                return None
-            self.stats.intrinsics_source = topic
-            return intrinsics_matrix(k[0, 0], k[1, 1], k[0, 2], k[1, 2])
-        return None
+        K = bagio.read_camera_info(self._reader, topic, self.path)
+        if K is None:
+            return None
+        self.stats.intrinsics_source = topic
+        return K
 
     # -- poses and images ----------------------------------------------------------------------
     def pose_at(self, t_ns: int):
@@ -372,13 +408,14 @@ class BagDataset:
         st = self.stats
         index = -1
         first = last = None
-        for conn, rec_ns, raw in self._reader.messages(connections=self._conns(self.image_topic)):
+        for conn, rec_ns, raw in bagio.iter_messages(self._reader, self._conns(self.image_topic),
+                                                     self.path):
             index += 1
             st.n_images += 1
             if index % self.every_n:
                 st.n_subsampled += 1
                 continue
-            msg = self._reader.deserialize(raw, conn.msgtype)
+            msg = bagio.deserialize(self._reader, raw, conn.msgtype, self.path)
             t_ns = _stamp_ns(msg.header, rec_ns, st)
             first = t_ns if first is None else min(first, t_ns)
             last = t_ns if last is None else max(last, t_ns)
@@ -399,7 +436,8 @@ class BagDataset:
                 continue
             st.n_used += 1
             yield PoseSample(position=pose[0], quaternion=pose[1], split=self.split,
-                             image=np.ascontiguousarray(rgb), stamp=t_ns / 1e9,
+                             image=rgb if rgb.flags.writeable and rgb.flags.c_contiguous
+                             else np.array(rgb, order='C'), stamp=t_ns / 1e9,
                              intrinsics=None if self.K is None else self.K.copy(),
                              name=f'{index:06d}')
 
@@ -435,19 +473,20 @@ class BagDataset:
 
 def read_bag(path, image_topic: str | None = None, pose_topic: str | None = None,
              tf: tuple[str, str] | None = None, camera_info_topic: str | None = None,
-             max_gap: float = 0.1, every_n: int = 1,
-             split: str = 'train') -> tuple[list[PoseSample], BagStats]:
+             max_gap: float = 0.1, every_n: int = 1, split: str = 'train',
+             camera_frame: str | None = None, pose_frame: str | None = None,
+             camera_in_base=None) -> tuple[list[PoseSample], BagStats]:
     """Read every pose-labelled image of a bag into memory; see :class:`BagDataset` for args.
 
-    Returns ``(samples, stats)``. Raises :class:`BagError` for unreadable bags, unknown topics
-    (listing the bag's topics and types), bags without poses or without any image/pose overlap.
+    Returns ``(samples, stats)``. Raises :class:`BagError` for unreadable or damaged bags
+    (naming the file), unknown topics (listing the bag's topics and types), poses of another
+    frame than the camera without an extrinsic, bags without poses or without any image/pose
+    overlap.
     """
-    try:
-        with BagDataset(path, image_topic=image_topic, pose_topic=pose_topic, tf=tf,
-                        camera_info_topic=camera_info_topic, max_gap=max_gap, every_n=every_n,
-                        split=split) as ds:
-            samples = list(ds)
-            ds.check_overlap()
-            return samples, ds.stats
-    except sqlite3.DatabaseError as exc:
-        raise BagError(f'bag {path} is corrupt ({exc}); re-record or re-copy it') from None
+    with BagDataset(path, image_topic=image_topic, pose_topic=pose_topic, tf=tf,
+                    camera_info_topic=camera_info_topic, max_gap=max_gap, every_n=every_n,
+                    split=split, camera_frame=camera_frame, pose_frame=pose_frame,
+                    camera_in_base=camera_in_base) as ds:
+        samples = list(ds)
+        ds.check_overlap()
+        return samples, ds.stats

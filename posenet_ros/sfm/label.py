@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from posenet_ros.datasets.bagio import add_frame_args, frame_kwargs, is_bag
 from posenet_ros.errors import ConfigError, SfMReconstructionError
 from posenet_ros.sfm.colmap_io import COLMAP_PIXEL_OFFSET, SfmModel, model_from_reconstruction
 from posenet_ros.sfm.importers import (
@@ -65,6 +66,7 @@ class FrameSet:
     reference: dict | None = None  # name -> (position, wxyz) from the bag's pose source
     reference_source: str = ''
     n_source: int = 0  # frames in the input before subsampling
+    reference_frames: dict | None = None  # map/camera frame of the bag's reference poses
 
 
 class _Subsampler:
@@ -170,79 +172,60 @@ def _collect_video(src: Path, images_dir: Path, sub: _Subsampler, max_frames, sh
     return FrameSet('video', images_dir, names, stamps, n_source=index + 1)
 
 
-def _bag_reference(path, image_topic, pose_topic, tf):
-    """A BagDataset used only for ``pose_at`` (reference poses) and camera_info, or None."""
-    from rosbags.highlevel import AnyReader
+def _bag_reference(bag, reader, image_topic, pose_topic, tf, frame_args):
+    """A BagDataset used only for ``pose_at`` (camera reference poses), or None.
 
-    from posenet_ros.datasets.rosbag_reader import POSE_TYPES, BagDataset
+    Without ``pose_topic``/``tf`` the bag's only pose topic is used. Its poses are read as the
+    frame they describe (Odometry ``child_frame_id``, ...), and composed with the camera
+    extrinsic (``/tf_static`` or ``camera_in_base``) when that is not the camera: a base_link
+    ``/odom`` never becomes camera labels as it is.
+    """
+    from posenet_ros.datasets import bagio
+    from posenet_ros.datasets.rosbag_reader import BagDataset
 
     if pose_topic is None and tf is None:
-        with AnyReader([Path(path)]) as reader:
-            found = sorted({c.topic for c in reader.connections if c.msgtype in POSE_TYPES})
+        found = sorted(t for t, m in bagio.topics(reader).items() if m in bagio.POSE_TYPES)
         if len(found) != 1:
             if found:
                 log.warning('bag has several pose topics (%s); pass --pose-topic to use one as '
                             'the metric reference', ', '.join(found))
             return None
         pose_topic = found[0]
-    return BagDataset(path, image_topic=image_topic, pose_topic=pose_topic, tf=tf,
-                      max_gap=0.2)
-
-
-def _bag_camera_info(reader, image_topic: str) -> np.ndarray | None:
-    """K of the first CameraInfo next to the image topic (``<ns>/camera_info``), or None."""
-    ns = image_topic.rsplit('/', 2 if image_topic.endswith('/compressed') else 1)[0]
-    conns = [c for c in reader.connections if c.topic == ns + '/camera_info'
-             and c.msgtype == 'sensor_msgs/msg/CameraInfo']
-    for conn, _, raw in reader.messages(connections=conns):
-        k = np.asarray(reader.deserialize(raw, conn.msgtype).k, dtype=np.float64).reshape(3, 3)
-        return k if k[0, 0] > 0 and k[1, 1] > 0 else None
-    return None
+        log.info("metric reference: the bag's only pose topic %s", pose_topic)
+    return BagDataset(bag, image_topic=image_topic, pose_topic=pose_topic, tf=tf, max_gap=0.2,
+                      **frame_args)
 
 
 def _collect_bag(src: Path, images_dir: Path, sub: _Subsampler, max_frames, show,
-                 image_topic=None, pose_topic=None, tf=None, use_reference=True) -> FrameSet:
-    from rosbags.highlevel import AnyReader
-    from rosbags.typesys import Stores, get_typestore
-
-    from posenet_ros.datasets.rosbag_reader import IMAGE_TYPES
+                 image_topic=None, pose_topic=None, tf=None, use_reference=True,
+                 camera_frame=None, pose_frame=None, camera_in_base=None) -> FrameSet:
+    from posenet_ros.datasets import bagio
     from posenet_ros.image_conversion import compressed_msg_to_rgb, image_msg_to_rgb
 
-    bag = src.parent if src.is_file() else src
+    rd, bag = bagio.open_reader(src)
+    frame_args = {'camera_frame': camera_frame, 'pose_frame': pose_frame,
+                  'camera_in_base': camera_in_base}
+    ref = None
     try:
-        rd = AnyReader([bag], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
-        rd.open()
-    except Exception as exc:  # noqa: BLE001 - rosbags raises several types
-        raise ConfigError(f'cannot open bag {bag}: {exc}') from None
-    try:
-        topics = {c.topic: c.msgtype for c in rd.connections}
-        listing = ', '.join(f'{t} [{m}]' for t, m in sorted(topics.items()))
-        if image_topic is None:
-            found = sorted(t for t, m in topics.items() if m in IMAGE_TYPES)
-            raw = [t for t in found if topics[t] == IMAGE_TYPES[0]]
-            found = raw if len(raw) == 1 else found
-            if len(found) != 1:
-                raise ConfigError(f'{"no" if not found else "several"} image topic(s) in '
-                                  f'{bag}; pass --image-topic. Topics: {listing}')
-            image_topic = found[0]
-        elif topics.get(image_topic) not in IMAGE_TYPES:
-            raise ConfigError(f'{image_topic!r} is not an Image/CompressedImage topic of {bag}; '
-                              f'topics: {listing}')
-        K = _bag_camera_info(rd, image_topic)
-        ref = _bag_reference(bag, image_topic, pose_topic, tf) if use_reference else None
+        image_topic = bagio.pick_topic(rd, image_topic, bagio.IMAGE_TYPES, 'image', bag,
+                                       flag='--image-topic')
+        info_topic = bagio.camera_info_topic(rd, image_topic)
+        K = bagio.read_camera_info(rd, info_topic, bag) if info_topic else None
+        if use_reference:
+            ref = _bag_reference(bag, rd, image_topic, pose_topic, tf, frame_args)
         conns = [c for c in rd.connections if c.topic == image_topic]
         total = sum(c.msgcount for c in conns) or None
         names, stamps, reference, index = [], {}, {}, -1
         bar = _progress(total, 'frames', show)
         try:
-            for conn, rec_ns, raw_msg in rd.messages(connections=conns):
+            for conn, rec_ns, raw_msg in bagio.iter_messages(rd, conns, bag):
                 index += 1
                 bar.update(1)
-                msg = rd.deserialize(raw_msg, conn.msgtype)
+                msg = bagio.deserialize(rd, raw_msg, conn.msgtype, bag)
                 t_ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
                 t_ns = t_ns or int(rec_ns)
                 try:
-                    rgb = (image_msg_to_rgb(msg) if conn.msgtype == IMAGE_TYPES[0]
+                    rgb = (image_msg_to_rgb(msg) if conn.msgtype == bagio.IMAGE_TYPES[0]
                            else compressed_msg_to_rgb(msg))
                 except Exception as exc:  # noqa: BLE001 - one bad message must not stop us
                     log.warning('%s message %d skipped: %s', image_topic, index, exc)
@@ -260,23 +243,28 @@ def _collect_bag(src: Path, images_dir: Path, sub: _Subsampler, max_frames, show
                     break
         finally:
             bar.close()
-            source = ref.stats.pose_source if ref is not None else ''
-            if ref is not None:
-                ref.close()
     finally:
+        if ref is not None:
+            ref.close()
         rd.close()
     if not names:
         raise ConfigError(f'no frame of {image_topic} in {bag} could be decoded')
-    if ref is not None and not reference:
-        log.warning('no labelled frame has a pose from %s (stamps do not overlap)', source)
-    return FrameSet('bag', images_dir, names, stamps, K, reference or None, source, index + 1)
+    source, ref_frames = '', None
+    if ref is not None:
+        st = ref.stats
+        source = st.pose_source + (f' of {st.pose_of} composed with {st.extrinsic}'
+                                   if st.extrinsic else '')
+        ref_frames = {'map_frame': st.pose_frame, 'camera_frame': st.camera_frame,
+                      'pose_of': st.pose_of, 'extrinsic': st.extrinsic}
+        if not reference:
+            log.warning('no labelled frame has a pose from %s (stamps do not overlap)', source)
+    return FrameSet('bag', images_dir, names, stamps, K, reference or None, source, index + 1,
+                    ref_frames)
 
 
 def collect_frames(src, images_dir, fps: float | None = 2.0, min_motion: float | None = None,
                    max_frames: int | None = None, progress: bool = True, **bag_args) -> FrameSet:
     """Write the frames to label into ``images_dir`` (folder copied, video/bag subsampled)."""
-    from posenet_ros.datasets.rosbag_reader import is_bag
-
     src, images_dir = Path(src), Path(images_dir)
     images_dir.mkdir(parents=True, exist_ok=True)
     if not src.exists():
@@ -404,7 +392,8 @@ def label(src, out_dir, fps: float | None = 2.0, min_motion: float | None = None
 
     ``min_registered``: fraction of frames that must register, else
     :class:`SfMReconstructionError` explains what to try. ``bag_args``: ``image_topic``,
-    ``pose_topic``, ``tf=(map, camera)``, ``use_reference`` for bags.
+    ``pose_topic``, ``tf=(map, camera)``, ``use_reference``, ``camera_frame``, ``pose_frame``,
+    ``camera_in_base`` for bags (see :class:`~posenet_ros.datasets.rosbag_reader.BagDataset`).
     """
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
@@ -439,10 +428,14 @@ def label(src, out_dir, fps: float | None = 2.0, min_motion: float | None = None
     samples, _ = model_to_samples(model, frames.images_dir, test_every, test_glob)
     for s in samples:
         s.stamp = frames.stamps.get(s.name)
+    # The map frame written is the one the labels are really in: the bag pose source's header
+    # frame (e.g. 'odom' for odometry), 'map' for surveyed CSV points, 'sfm' without reference.
+    map_frame, camera_frame = 'map', (frames.reference_frames or {}).get('camera_frame')
     if reference_csv is not None:
         reference, ref_source = read_reference_csv(reference_csv), str(reference_csv)
     elif known_distance is None and frames.reference:
         reference, ref_source = frames.reference, f'bag {frames.reference_source}'
+        map_frame = frames.reference_frames['map_frame'] or 'map'
     else:
         reference, ref_source = None, ''
     samples, alignment = align_samples(samples, reference, known_distance, robust)
@@ -452,8 +445,11 @@ def label(src, out_dir, fps: float | None = 2.0, min_motion: float | None = None
             'input': {'path': str(src), 'kind': frames.kind, 'n_source_frames': frames.n_source,
                       'fps': fps, 'min_motion': min_motion},
             'sfm': stats, 'units': alignment['units'], 'alignment': alignment,
-            'frames': {'map_frame': 'map' if reference else 'sfm',
-                       'camera_frame': 'camera_optical'}}
+            'frames': {'map_frame': map_frame if reference else 'sfm',
+                       'camera_frame': camera_frame or 'camera_optical'}}
+    if frames.reference_frames and reference is frames.reference:
+        info['frames'].update(pose_of=frames.reference_frames['pose_of'],
+                              extrinsic=frames.reference_frames['extrinsic'])
     path = write_sfm_dataset(out_dir, samples, info)
     for line in _summary_lines(samples, info):
         (log.warning if line.startswith('WARNING') else log.info)('%s', line)
@@ -481,10 +477,13 @@ def main(argv: list[str] | None = None) -> int:
                     help='known pinhole calibration (OpenCV pixels); kept fixed by SfM')
     ap.add_argument('--image-topic', default=None, help='bag: image topic')
     ap.add_argument('--pose-topic', default=None,
-                    help='bag: pose/odometry topic of the camera optical frame used as metric '
-                         "reference (default: the bag's only pose topic, if any)")
+                    help='bag: pose/odometry topic used as metric reference (default: the '
+                         "bag's only pose topic, if any); a pose of another frame than the "
+                         "camera (e.g. base_link /odom) is composed with the bag's /tf_static "
+                         'or --camera-in-base')
     ap.add_argument('--tf', nargs=2, metavar=('MAP_FRAME', 'CAMERA_FRAME'),
                     help='bag: take the reference from TF instead')
+    add_frame_args(ap)
     ap.add_argument('--no-bag-reference', action='store_true',
                     help='bag: ignore its poses (labels in SfM units unless --align/...)')
     ap.add_argument('--min-registered', type=float, default=0.5,
@@ -505,11 +504,10 @@ def main(argv: list[str] | None = None) -> int:
         K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
     fps = None if args.min_motion is not None else args.fps
     bag_args = {}
-    if args.input.is_dir() and (args.input / 'metadata.yaml').is_file() or \
-            args.input.suffix in ('.db3', '.mcap'):
+    if is_bag(args.input):
         bag_args = {'image_topic': args.image_topic, 'pose_topic': args.pose_topic,
                     'tf': tuple(args.tf) if args.tf else None,
-                    'use_reference': not args.no_bag_reference}
+                    'use_reference': not args.no_bag_reference, **frame_kwargs(args)}
     path = label(args.input, args.out, fps, args.min_motion, args.max_frames, args.matcher, K,
                  args.align, parse_known_distance(args.known_distance), args.min_registered,
                  args.test_every, args.test_glob, not args.no_robust, args.threads,
