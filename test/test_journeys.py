@@ -144,9 +144,22 @@ def journey_commands(name: str) -> list[list[str]]:
 
 
 def substitute(name: str, argv: list[str], values: dict[str, str]) -> list[str]:
-    """``argv`` with journey ``name``'s placeholders (whole words) replaced."""
+    """``argv`` with journey ``name``'s placeholders replaced.
+
+    A placeholder is a whole word, or the whole value of a ``key:=value`` / ``key=value`` word.
+    """
     table = {k: v.format(**values) for k, v in PLACEHOLDERS[name].items()}
-    return [table.get(a, a) for a in argv]
+
+    def one(word):
+        key, sep, value = word.rpartition(':=') if ':=' in word else word.rpartition('=')
+        return key + sep + table[value] if sep and value in table else table.get(word, word)
+
+    return [one(a) for a in argv]
+
+
+def _words(argv: list[str]) -> set[str]:
+    """The words of ``argv`` and the values of its ``key:=value`` / ``key=value`` words."""
+    return {w for a in argv for w in (a, a.rpartition(':=')[2], a.rpartition('=')[2])}
 
 
 def executable(argv: list[str]) -> list[str]:
@@ -254,7 +267,7 @@ def test_every_journey_command_is_run_or_listed():
                 f'journey {name}: {shlex.join(argv)!r} is neither run nor listed in '
                 'test_journeys.RULES; run it, or list it with the reason it cannot run here')
             used.add(key)
-        words = {a for argv in argvs for a in argv}
+        words = set().union(*map(_words, argvs))
         for placeholder in PLACEHOLDERS[name]:
             assert placeholder in words, f'journey {name} no longer names {placeholder!r}'
     assert used == set(RULES), f'rules no journey needs any more: {set(RULES) - used}'
@@ -269,6 +282,12 @@ def test_block_parsing():
     with pytest.raises(AssertionError, match='right before a fence'):
         journey_blocks('<!-- journey: a -->\ntext\n')
     assert rule_of(['ros2', 'topic', 'echo', '/x']) is None
+    values = {'my_bag': '/bags/b'}
+    argv = ['-p', 'model_path:=/path/to/scene.ts', 'x/path/to/scene.ts']
+    assert substitute('next-to-amcl', argv, values) == \
+        ['-p', 'model_path:=models/my_scene.ts', 'x/path/to/scene.ts']
+    assert substitute('train-on-bag', ['extract-bag', 'my_bag', 'my_bags'], values) == \
+        ['extract-bag', '/bags/b', 'my_bags']
 
 
 # --- journey 1: train on my robot's bag ------------------------------------------------------
