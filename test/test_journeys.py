@@ -30,7 +30,7 @@ What is changed, and nothing else (the test fails on any command it neither runs
   ``config/train_demo_cpu.yaml`` at 64/56 px for a few epochs on the CPU with one thread and no
   ``.pt2`` export (a ``--time-budget`` in the README's command stays; the epochs bound it);
 * the node: ``-p use_sim_time:=true`` (the robot is a replayed bag: the player publishes
-  ``/clock`` with the bag time, as README "Troubleshooting" says, so ``max_image_age`` and
+  ``/clock`` with the bag time, as the README says for trying it on a bag, so ``max_image_age`` and
   ``relocalize_timeout`` measure bag time) and ``-p num_threads:=1`` (a shared 2-core machine);
 * commands that cannot run here are listed in :data:`RULES` with the reason; ``ros2 service
   call`` is replaced by an rclpy client making the same call on the service the README names.
