@@ -126,3 +126,14 @@ def test_salvage_refuses_to_overwrite_and_missing_input(tmp_path):
         salvage_bag(tmp_path / 'b', tmp_path / 'exists')
     with pytest.raises(BagError, match='does not exist'):
         salvage_bag(tmp_path / 'nope', tmp_path / 'out')
+
+
+@pytest.mark.ros
+def test_replay_names_the_damaged_file(tmp_path, capsys):
+    """posenet-ros replay opens bags through the same checks (it used rosbags directly)."""
+    write_pose_bag(tmp_path / 'b', n_images=N, size=(120, 160))
+    db3 = tmp_path / 'b' / 'b.db3'
+    _overwrite_middle_page(db3)
+    assert cli_main(['replay', str(tmp_path / 'b'), '--rate', '0', '--wait', '0']) == 1
+    err = capsys.readouterr().err
+    assert str(db3) in err and 'Traceback' not in err and 'bag-salvage' in err

@@ -376,7 +376,7 @@ def _bag_topics(bag) -> set[str]:
     """Topic names of a rosbag2 folder or file."""
     from rosbags.rosbag2 import Reader
 
-    from posenet_ros.node.replay import _resolve_bag
+    from posenet_ros.datasets.bagio import resolve_bag
 
-    with Reader(_resolve_bag(Path(bag))) as reader:
+    with Reader(resolve_bag(bag)) as reader:
         return set(reader.topics)

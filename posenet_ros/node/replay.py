@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from posenet_ros.datasets.bagio import damage_error, iter_messages, resolve_bag
 from posenet_ros.errors import BagError, EvaluationError
 
 __all__ = ['BagPlayer', 'PlayStats', 'message_class', 'parse_remaps', 'main', 'bag_topics']
@@ -62,22 +63,11 @@ def parse_remaps(items: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
-def _resolve_bag(path: Path) -> Path:
-    if path.is_file() and path.suffix in ('.db3', '.mcap') and \
-            (path.parent / 'metadata.yaml').is_file():
-        return path.parent
-    if not path.exists():
-        raise BagError(f'bag {path} does not exist')
-    if path.is_dir() and not (path / 'metadata.yaml').is_file():
-        raise BagError(f'{path} is not a rosbag2 directory (no metadata.yaml)')
-    return path
-
-
 def bag_topics(bag) -> dict[str, tuple[str, int]]:
     """``{topic: (msgtype, message count)}`` of a bag."""
     from rosbags.rosbag2 import Reader
 
-    with Reader(_resolve_bag(Path(bag))) as reader:
+    with Reader(resolve_bag(bag)) as reader:
         out: dict[str, tuple[str, int]] = {}
         for c in reader.connections:
             prev = out.get(c.topic, (c.msgtype, 0))
@@ -135,13 +125,16 @@ class BagPlayer:
         if qos_depth < 1:
             raise EvaluationError(f'qos_depth must be >= 1, got {qos_depth}')
         self.node = node
-        self.bag = _resolve_bag(Path(bag))
+        self.bag = resolve_bag(bag)
         self.rate = float(rate)
         self.remap = dict(remap or {})
         self.on_publish = on_publish
         self.stats = PlayStats()
         self._reader = Reader(self.bag)
-        self._reader.open()
+        try:
+            self._reader.open()
+        except Exception as exc:  # noqa: BLE001 - rosbags raises several types for bad bags
+            raise damage_error(self.bag, exc, 'opening it') from None
         conns = list(self._reader.connections)
         available = {c.topic: c.msgtype for c in conns}
         listing = ', '.join(f'{t} [{m}]' for t, m in sorted(available.items())) or 'none'
@@ -245,7 +238,7 @@ class BagPlayer:
         wall0 = None
         t0 = None
         last_ns = None
-        for conn, t_ns, raw in self._reader.messages(connections=self._conns):
+        for conn, t_ns, raw in iter_messages(self._reader, self._conns, self.bag):
             if should_stop is not None and should_stop():
                 break
             if wall0 is None:
