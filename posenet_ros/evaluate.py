@@ -440,9 +440,8 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
     ``map_path``: verify and refine every frame against this scene map (``posenet-ros map``);
     frames without intrinsics use the map's.
     """
-    from tqdm import tqdm
-
     from posenet_ros.datasets import load_image
+    from posenet_ros.progress import progress as _progress
 
     if (dataset is None) == (bag is None):
         raise EvaluationError('give exactly one of a dataset folder (--dataset) or a bag (--bag)')
@@ -464,7 +463,7 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
     feats: list[np.ndarray] = []
     verifications: list = []
     try:
-        bar = tqdm(samples, total=total if limit is None else min(total or limit, limit),
+        bar = _progress(samples, total=total if limit is None else min(total or limit, limit),
                    desc='evaluate', unit='frame', disable=not progress)
         for k, s in enumerate(bar):
             if limit is not None and k >= limit:
@@ -638,10 +637,9 @@ def _setup_model(model, device, baselines, dataset, split, train_dataset, nn_fea
 
 def _add_baselines(methods, train, extractor, test_feats, n, progress, train_src):
     """Mean-pose and nearest-neighbour predictions for the ``n`` evaluated frames."""
-    from tqdm import tqdm
-
     from posenet_ros.baselines import mean_pose, nearest_neighbour
     from posenet_ros.datasets import load_image
+    from posenet_ros.progress import progress as _progress
 
     train_p = np.array([s.position for s in train])
     train_q = np.array([s.quaternion for s in train])
@@ -653,7 +651,7 @@ def _add_baselines(methods, train, extractor, test_feats, n, progress, train_src
         return
     t0 = time.perf_counter()
     train_feats = []
-    for s in tqdm(train, desc='nn features', unit='frame', disable=not progress, leave=False):
+    for s in _progress(train, desc='nn features', unit='frame', disable=not progress):
         train_feats.append(extractor([load_image(s)])[0])
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
