@@ -35,8 +35,10 @@ class LogProgress:
 
     def __init__(self, iterable: Iterable | None = None, total: int | None = None,
                  desc: str = '', unit: str = 'it', initial: int = 0, disable: bool = False,
-                 every_s: float = 30.0, every_frac: float = 0.1, logger=None):
+                 every_s: float = 30.0, every_frac: float = 0.1, logger=None,
+                 final_line: bool = True):
         self.iterable = iterable
+        self.final_line = final_line
         if total is None and iterable is not None and hasattr(iterable, '__len__'):
             total = len(iterable)
         self.total, self.desc, self.unit = total, desc, unit
@@ -101,24 +103,27 @@ class LogProgress:
         if self._closed:
             return
         self._closed = True
-        if not self.disable and self.n > self._start:
+        if not self.disable and self.final_line and self.n > self._start:
             self._emit(self._line(True))
 
 
 def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = '',
              unit: str = 'it', disable: bool = False, initial: int = 0, leave: bool = False,
-             every_s: float = 30.0, every_frac: float = 0.1, logger=None):
+             every_s: float = 30.0, every_frac: float = 0.1, logger=None,
+             final_line: bool = True):
     """A progress counter: a tqdm bar on a terminal, else a :class:`LogProgress`.
 
     Use like tqdm: ``for x in progress(items, desc='extract', unit='frame'): ...`` or
     ``bar = progress(total=n); bar.update(k); bar.close()``. ``disable`` silences both. Off a
     terminal a line is written (INFO of ``logger``, default ``posenet_ros.progress``, when
     logging shows it, else stderr) every
-    ``every_frac`` of ``total`` or ``every_s`` seconds, and once at the end.
+    ``every_frac`` of ``total`` or ``every_s`` seconds, and once at the end (unless
+    ``final_line`` is False: the caller logs its own summary, e.g. the trainer's epoch line).
     """
     if not disable and is_terminal():
         from tqdm import tqdm
 
         return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, leave=leave)
     return LogProgress(iterable, total=total, desc=desc, unit=unit, initial=initial,
-                       disable=disable, every_s=every_s, every_frac=every_frac, logger=logger)
+                       disable=disable, every_s=every_s, every_frac=every_frac, logger=logger,
+                       final_line=final_line)
