@@ -91,12 +91,12 @@ def process_age_s() -> float:
 def export_estimate_s(backbone: str, pt2: bool, map_frames: int = 0) -> float:
     """Seconds the export (TorchScript, optional ``.pt2``) and optional scene map take.
 
-    Measured on a 2-core CPU (EfficientNet-Lite0: TorchScript ~2 s, torch.export ~8 s; map
-    ~0.1 s per frame); other machines are usually faster, and the re-check after each epoch
-    absorbs the difference only while training, so these are on the safe side.
+    Measured on a 2-core CPU: EfficientNet-Lite0 TorchScript + ``.pt2`` 3.9 s (estimate 6 s);
+    the bigger trunks are given 1.5x; the scene map a rough 0.12 s per frame (not measured
+    for this estimate). Running late is caught after every epoch; a long export is not.
     """
     big = backbone in ('googlenet', 'resnet34', 'efficientnet_b0', 'mobilenet_v3_large')
-    seconds = 3.0 + (12.0 if pt2 else 0.0)
+    seconds = 2.0 + (4.0 if pt2 else 0.0)
     seconds *= 1.5 if big else 1.0
     return seconds + 0.12 * map_frames
 

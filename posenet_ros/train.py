@@ -665,6 +665,21 @@ def _log_epoch(row: dict, total: int, improved: bool) -> None:
              if 'val_median_t_m' in row else '')
 
 
+def _validate_into(run: _Run, st: TrainState, row: dict, budget: BudgetPlan | None) -> bool:
+    """Validate (rank 0), add the medians to ``row``; True when this is the best model so far."""
+    t0 = time.perf_counter()
+    med_t, med_r = validate(run)
+    if budget is not None:
+        budget.val_s = time.perf_counter() - t0
+    row['val_median_t_m'], row['val_median_r_deg'] = med_t, med_r
+    metric = _metric_of(run.cfg.best_metric, med_t, med_r)
+    if metric < st.best['metric']:
+        st.best = {'epoch': row['epoch'], 'metric': metric, 'median_t': med_t,
+                   'median_r': med_r}
+        return True
+    return False
+
+
 def _broadcast_int(value: int, run: _Run) -> int:
     """Rank 0's ``value`` on every rank (plans made from rank 0's clock)."""
     if not run.ddp.enabled:
@@ -844,7 +859,8 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
     if budget is not None and budget.epoch_s is not None:  # resumed: plan from measurements
         stored = (st.budget or {}).get('epochs')
         same = (st.budget or {}).get('budget_s') == budget.budget_s
-        plan.epochs = _fit_budget(run, budget, st.epoch, stored if same else None)
+        plan.epochs = budget.epochs = _fit_budget(run, budget, st.epoch,
+                                                  stored if same else None)
     if budget is not None and main:
         log.info('time budget %s: %s used so far, ~%.0f s kept for the export%s',
                  format_duration(budget.budget_s), format_duration(budget.elapsed()),
@@ -861,6 +877,7 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
                 m.eval()
     start_epoch, start_step = st.epoch, st.step
     stopped_early = False
+    budget_save_s = 0.0  # the last checkpoint save (part of an epoch's cost)
     with _stop_on_signal(True) as stop:
         if main and (plan.epochs is None or start_epoch < plan.epochs):
             log.info('training epochs %d..%s (Ctrl-C saves a resumable last.pt)',
@@ -892,42 +909,24 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
                 raise KeyboardInterrupt
             cut = done < run.steps  # the time budget ended this epoch early
             row = _epoch_row(run, epoch, sums, done - first, train_s)
-            measuring = budget is not None and budget.val_s is None
-            total = plan.epochs
-            validate_now = run.val_images is not None and (
-                (epoch + 1) % cfg.val_every == 0 or epoch + 1 == total or cut or measuring)
-            improved = False
-            if main and validate_now:
-                tv = time.perf_counter()
-                med_t, med_r = validate(run)
-                if budget is not None:
-                    budget.val_s = time.perf_counter() - tv
-                row['val_median_t_m'], row['val_median_r_deg'] = med_t, med_r
-                metric = _metric_of(cfg.best_metric, med_t, med_r)
-                if metric < st.best['metric']:
-                    improved = True
-                    st.best = {'epoch': epoch + 1, 'metric': metric, 'median_t': med_t,
-                               'median_r': med_r}
-            if main:
-                st.history.append(row)
-            st.epoch, st.step = epoch + 1, 0
-            t_save = time.perf_counter()
-            ck = checkpoint_state(run, st, None, budget.to_dict() if budget else None)
-            if main:
-                if improved:
-                    save_checkpoint(run.best_path, ck)
-                save_checkpoint(run.last_path, ck)
-                _write_metrics(run_dir / 'metrics.csv', st.history)
-            if budget is not None and not cut:
-                # this epoch's cost: training (scaled up when resumed mid-epoch) + saving
-                budget.epoch_s = (train_s * run.steps / max(1, done - first)
-                                  + time.perf_counter() - t_save)
             completed = epoch + 1
+            can_validate = main and run.val_images is not None
+            measuring = budget is not None and budget.val_s is None
+            improved = validated = False
+            if can_validate and ((completed % cfg.val_every == 0) or completed == plan.epochs
+                                 or cut or measuring):
+                improved, validated = _validate_into(run, st, row, budget), True
             if budget is not None:
+                if not cut:  # this epoch's cost: training (scaled up if resumed mid-epoch)
+                    budget.epoch_s = (train_s * run.steps / max(1, done - first)
+                                      + budget_save_s)
                 previous = plan.epochs
-                plan.epochs = completed if cut else _fit_budget(run, budget, completed,
-                                                                previous)
-                if main and previous is None:
+                plan.epochs = budget.epochs = (
+                    completed if cut else _fit_budget(run, budget, completed, previous))
+                if main and cut:
+                    log.warning('time budget %s: out of time during epoch %d; stopping there',
+                                format_duration(budget.budget_s), completed)
+                elif main and previous is None:
                     log.info('time budget %s: ~%d epochs of ~%.1f s (+ %.1f s per validation, '
                              'every %d), ~%.0f s for the export; the schedule runs over %d '
                              'epochs', format_duration(budget.budget_s), plan.epochs,
@@ -936,6 +935,19 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
                 elif main and plan.epochs < previous:
                     log.info('time budget: running late, %d epochs instead of %d (the schedule '
                              'is recomputed for the shorter length)', plan.epochs, previous)
+                if can_validate and not validated and completed == plan.epochs:
+                    improved = _validate_into(run, st, row, budget)  # now the last epoch
+            if main:
+                st.history.append(row)
+            st.epoch, st.step = completed, 0
+            t_save = time.perf_counter()
+            ck = checkpoint_state(run, st, None, budget.to_dict() if budget else None)
+            if main:
+                if improved:
+                    save_checkpoint(run.best_path, ck)
+                save_checkpoint(run.last_path, ck)
+                _write_metrics(run_dir / 'metrics.csv', st.history)
+            budget_save_s = time.perf_counter() - t_save
             if main:
                 _log_epoch(row, plan.epochs, improved)
             # a signal during validation/saving: stop now that last.pt is complete; rank 0's
