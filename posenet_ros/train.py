@@ -7,14 +7,19 @@ gloo on CPUs; multi-GPU and multi-node)::
     posenet-ros train --config config/train_demo_cpu.yaml --dataset data/synth/dataset
     torchrun --nproc_per_node 4 -m posenet_ros.train --config my.yaml --device cuda
 
-Pipeline: read the train/val splits (any reader of ``posenet_ros.datasets``); normalise
-positions with the training split's mean and RMS radius (stored in the export, which
-de-normalises); decode and resize every image once into a uint8 memmap cache
+Pipeline: read the train split (any reader of ``posenet_ros.datasets``) and hold out the
+validation frames (``val_split: holdout``, :mod:`posenet_ros.holdout`; or read a named val
+split); normalise positions with the trained-on frames' mean and RMS radius (stored in the
+export, which de-normalises); decode and resize every image once into a uint8 memmap cache
 (``posenet_ros.image_cache``); per step, random crop + colour jitter (``TrainAugment``), beta or
 learned loss, optimiser + per-step LR schedule, AMP on CUDA; per epoch, validation (median
 translation/rotation error on the val split, centre crops of the cached images), ``last.pt``
 and ``best.pt`` (atomic), a row of ``metrics.csv``; at the end, the best model is exported
 (TorchScript + ``.pt2``) with a training summary and the resolved config in its metadata.
+``time_budget``: the epoch count and schedule are fitted to a wall-clock budget
+(:mod:`posenet_ros.budget`). Layout as in torchvision's reference scripts: :func:`_setup`,
+:func:`train_one_epoch`, :func:`validate`, :func:`checkpoint_state` / :func:`restore_state`,
+:func:`_finish` (docs/training.md).
 
 Reproducibility: the data order of epoch ``e`` is a permutation seeded by ``(seed, e)``
 (``DistributedSampler``), the augmentation generator and the global torch RNG (dropout,
@@ -265,9 +270,9 @@ def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int, plan: _SchedulePlan | Non
             if epochs is None:  # the time budget's measuring epoch: peak rate
                 return 1.0
             total = max(1, epochs * steps_per_epoch)
-            progress = min(1.0, (step - warm) / max(1, total - warm))
+            frac = min(1.0, (step - warm) / max(1, total - warm))
             return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(
-                math.pi * progress))
+                math.pi * frac))
         if cfg.schedule == 'step':
             return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_epochs)
         return 1.0
