@@ -12,10 +12,13 @@ scene map with ``map: true``). The trainer:
    (and once more after the last). The learning-rate schedule is computed for that length, as
    if it had been known from step 0 (epoch 1 used the peak rate instead of the first sliver of
    the cosine: a change of less than ``1 - cos(pi / epochs)``);
-3. after every epoch re-checks with the measured epoch times: the plan is never lengthened, but
-   when the remaining epochs would overrun, the epoch count is lowered to what fits and the
-   schedule is recomputed for the shorter length (the cosine then jumps ahead to the matching
-   point and still ends at its floor).
+3. after every epoch re-fits with the mean of the measured epoch times (one slow epoch on a
+   shared machine does not shorten the plan by itself). During the first quarter of the plan,
+   where the cosine has hardly left its peak, the count may grow or shrink; after that it can
+   only shrink: when the remaining epochs would overrun, the epoch count is lowered to what
+   fits and the schedule is recomputed for the shorter length (the cosine then jumps ahead to
+   the matching point and still ends at its floor). A cosine that keeps stretching late would
+   never anneal.
 
 ``--resume`` counts the budget across runs: checkpoints store the wall time used so far, and a
 resumed run gets ``time_budget`` minus that (its own start-up and data loading are counted
@@ -115,8 +118,20 @@ class BudgetPlan:
     finish_s: float = 0.0  # estimated export (+ map) time after the last epoch
     margin_s: float = 0.0
     epochs: int | None = None  # fitted total, None while measuring
-    epoch_s: float | None = None  # training epoch + checkpoint save, measured
+    epoch_s: float | None = None  # training epoch + checkpoint save: mean of the measured
     val_s: float | None = None  # one validation, measured
+    n_measured: int = 0  # epochs averaged into epoch_s
+
+    def add_epoch(self, seconds: float) -> None:
+        """Fold one measured epoch into ``epoch_s``.
+
+        A running mean: one slow epoch on a shared machine should not shorten the plan alone.
+        """
+        if self.epoch_s is None or self.n_measured == 0:
+            self.epoch_s, self.n_measured = float(seconds), 1
+            return
+        self.n_measured += 1
+        self.epoch_s += (float(seconds) - self.epoch_s) / self.n_measured
 
     def elapsed(self) -> float:
         """Wall time counted against the budget so far (this run and earlier ones)."""

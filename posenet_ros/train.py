@@ -830,10 +830,12 @@ def _make_budget(cfg: TrainConfig, t_origin: float, st: TrainState, run: _Run
     if st.budget:  # resumed: the budget counts the wall time of the earlier run(s)
         budget.used_before_s = float(st.budget.get('used_s', 0.0))
         budget.epoch_s, budget.val_s = st.budget.get('epoch_s'), st.budget.get('val_s')
+        budget.n_measured = int(budget.epoch_s is not None)
     elif st.epoch:  # resumed from a run without a budget: count its training time
         budget.used_before_s = st.train_time
         times = [r['epoch_time_s'] for r in st.history if r.get('epoch_time_s')]
         budget.epoch_s = float(np.median(times)) if times else None
+        budget.n_measured = int(budget.epoch_s is not None)
     return budget
 
 
@@ -923,11 +925,14 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
                 improved, validated = _validate_into(run, st, row, budget), True
             if budget is not None:
                 if not cut:  # this epoch's cost: training (scaled up if resumed mid-epoch)
-                    budget.epoch_s = (train_s * run.steps / max(1, done - first)
-                                      + budget_save_s)
+                    budget.add_epoch(train_s * run.steps / max(1, done - first) + budget_save_s)
                 previous = plan.epochs
+                # early on (first quarter of the plan, where the cosine has hardly moved) the
+                # count may also grow; later it can only shrink
+                free = previous is None or 4 * completed <= previous
                 plan.epochs = budget.epochs = (
-                    completed if cut else _fit_budget(run, budget, completed, previous))
+                    completed if cut else _fit_budget(run, budget, completed,
+                                                      None if free else previous))
                 if main and cut:
                     log.warning('time budget %s: out of time during epoch %d; stopping there',
                                 format_duration(budget.budget_s), completed)
@@ -937,9 +942,11 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
                              'epochs', format_duration(budget.budget_s), plan.epochs,
                              budget.epoch_s, budget.val_s or 0.0, cfg.val_every,
                              budget.finish_s, plan.epochs)
-                elif main and plan.epochs < previous:
-                    log.info('time budget: running late, %d epochs instead of %d (the schedule '
-                             'is recomputed for the shorter length)', plan.epochs, previous)
+                elif main and plan.epochs != previous:
+                    log.info('time budget: %s, %d epochs instead of %d (~%.1f s per epoch; the '
+                             'schedule is recomputed for the new length)',
+                             'running late' if plan.epochs < previous else 'time to spare',
+                             plan.epochs, previous, budget.epoch_s)
                 if can_validate and not validated and completed == plan.epochs:
                     improved = _validate_into(run, st, row, budget)  # now the last epoch
             if main:
