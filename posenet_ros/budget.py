@@ -9,16 +9,14 @@ scene map with ``map: true``). The trainer:
 2. fits the epoch count: ``completed + floor(remaining / cost_per_epoch)``, where ``remaining``
    is the budget left minus the estimated export (and map) time and a small safety margin, and
    ``cost_per_epoch`` is the measured training epoch plus validation every ``val_every`` epochs
-   (and once more after the last). The learning-rate schedule is computed for that length, as
-   if it had been known from step 0 (epoch 1 used the peak rate instead of the first sliver of
-   the cosine: a change of less than ``1 - cos(pi / epochs)``);
-3. after every epoch re-fits with the mean of the measured epoch times (one slow epoch on a
-   shared machine does not shorten the plan by itself). During the first quarter of the plan,
-   where the cosine has hardly left its peak, the count may grow or shrink; after that it can
-   only shrink: when the remaining epochs would overrun, the epoch count is lowered to what
-   fits and the schedule is recomputed for the shorter length (the cosine then jumps ahead to
-   the matching point and still ends at its floor). A cosine that keeps stretching late would
-   never anneal.
+   (and once more after the last). The cosine learning-rate schedule starts there and runs
+   over the remaining epochs (epoch 1 ran at the peak rate, after any warm-up);
+3. after every epoch re-fits the epoch count with the mean of the last three measured epochs
+   (a shared machine's load changes; one odd epoch does not decide), up or down. The cosine is
+   re-spread, not restarted: its progress at the current step is kept and the rest of it is
+   stretched or squeezed over the new remaining steps, so the learning rate stays continuous
+   and still ends at its floor. When the deadline passes inside an epoch, that epoch ends
+   early and training stops there.
 
 ``--resume`` counts the budget across runs: checkpoints store the wall time used so far, and a
 resumed run gets ``time_budget`` minus that (its own start-up and data loading are counted
@@ -31,7 +29,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from posenet_ros.errors import ConfigError
 
@@ -118,20 +116,17 @@ class BudgetPlan:
     finish_s: float = 0.0  # estimated export (+ map) time after the last epoch
     margin_s: float = 0.0
     epochs: int | None = None  # fitted total, None while measuring
-    epoch_s: float | None = None  # training epoch + checkpoint save: mean of the measured
+    epoch_s: float | None = None  # training epoch + checkpoint save (recent mean)
     val_s: float | None = None  # one validation, measured
-    n_measured: int = 0  # epochs averaged into epoch_s
+    recent: list = field(default_factory=list)  # the last measured epochs
 
     def add_epoch(self, seconds: float) -> None:
-        """Fold one measured epoch into ``epoch_s``.
+        """Fold one measured epoch into ``epoch_s``: the mean of the last three.
 
-        A running mean: one slow epoch on a shared machine should not shorten the plan alone.
+        Tracks a shared machine's load as it changes, without letting one odd epoch decide.
         """
-        if self.epoch_s is None or self.n_measured == 0:
-            self.epoch_s, self.n_measured = float(seconds), 1
-            return
-        self.n_measured += 1
-        self.epoch_s += (float(seconds) - self.epoch_s) / self.n_measured
+        self.recent = (self.recent + [float(seconds)])[-3:]
+        self.epoch_s = sum(self.recent) / len(self.recent)
 
     def elapsed(self) -> float:
         """Wall time counted against the budget so far (this run and earlier ones)."""

@@ -252,25 +252,49 @@ def _init_distributed(cfg: TrainConfig) -> tuple[_Dist, torch.device]:
 class _SchedulePlan:
     """The epoch count the LR schedule spans; ``None`` while a time budget is being measured.
 
-    A mutable holder read by :func:`_lr_lambda` at every step, so the time budget can fit (and
-    later shorten) the schedule. Not a callable object: LambdaLR would pickle its attributes.
+    A mutable holder read by :func:`_lr_lambda` at every step, so the time budget can fit and
+    re-fit the schedule (not a callable object: LambdaLR would pickle its attributes). A
+    re-fit at step ``anchor_step`` keeps the cosine's progress there (``anchor_frac``) and
+    spreads the rest over the new length: the learning rate stays continuous and still ends
+    at its floor. Without a re-fit (no time budget) this is the plain cosine over ``epochs``.
     """
 
     epochs: int | None
+    anchor_step: int | None = None
+    anchor_frac: float = 0.0
+
+    def frac(self, step: int, warm: int, steps_per_epoch: int) -> float:
+        """Cosine progress in [0, 1] at ``step`` (after warm-up)."""
+        total = max(1, self.epochs * steps_per_epoch)
+        if self.anchor_step is None or self.anchor_step <= warm and self.anchor_frac == 0.0:
+            return min(1.0, (step - warm) / max(1, total - warm))
+        s0 = max(self.anchor_step, warm)
+        return min(1.0, self.anchor_frac + (1.0 - self.anchor_frac) * (step - s0)
+                   / max(1, total - s0))
+
+    def refit(self, epochs: int, step: int, warm: int, steps_per_epoch: int) -> None:
+        """Span ``epochs`` from now on (``step``: scheduler steps taken so far)."""
+        frac = (0.0 if self.epochs is None or step <= warm
+                else self.frac(step, warm, steps_per_epoch))
+        self.epochs, self.anchor_step, self.anchor_frac = int(epochs), int(step), float(frac)
+
+    def to_dict(self) -> dict:
+        """What a checkpoint stores."""
+        return {'epochs': self.epochs, 'anchor_step': self.anchor_step,
+                'anchor_frac': self.anchor_frac}
 
 
 def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int, plan: _SchedulePlan | None = None):
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    plan = _SchedulePlan(cfg.epochs) if plan is None else plan
 
     def factor(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
         if cfg.schedule == 'cosine':
-            epochs = cfg.epochs if plan is None else plan.epochs
-            if epochs is None:  # the time budget's measuring epoch: peak rate
+            if plan.epochs is None:  # the time budget's measuring epoch: peak rate
                 return 1.0
-            total = max(1, epochs * steps_per_epoch)
-            frac = min(1.0, (step - warm) / max(1, total - warm))
+            frac = plan.frac(step, warm, steps_per_epoch)
             return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(
                 math.pi * frac))
         if cfg.schedule == 'step':
@@ -830,20 +854,28 @@ def _make_budget(cfg: TrainConfig, t_origin: float, st: TrainState, run: _Run
     if st.budget:  # resumed: the budget counts the wall time of the earlier run(s)
         budget.used_before_s = float(st.budget.get('used_s', 0.0))
         budget.epoch_s, budget.val_s = st.budget.get('epoch_s'), st.budget.get('val_s')
-        budget.n_measured = int(budget.epoch_s is not None)
+        budget.recent = [budget.epoch_s] if budget.epoch_s is not None else []
     elif st.epoch:  # resumed from a run without a budget: count its training time
         budget.used_before_s = st.train_time
         times = [r['epoch_time_s'] for r in st.history if r.get('epoch_time_s')]
         budget.epoch_s = float(np.median(times)) if times else None
-        budget.n_measured = int(budget.epoch_s is not None)
+        budget.recent = [budget.epoch_s] if budget.epoch_s is not None else []
     return budget
 
 
-def _fit_budget(run: _Run, budget: BudgetPlan, completed: int, previous: int | None) -> int:
-    """Total epochs for the budget (never more than ``previous``, the plan so far)."""
-    fit = budget.epochs_that_fit(completed, run.cfg.val_every)
-    total = fit if previous is None else min(previous, max(completed, fit))
-    return _broadcast_int(max(total, completed, 1), run)
+def _budget_state(run: _Run, budget: BudgetPlan | None) -> dict | None:
+    return None if budget is None else {**budget.to_dict(), **run.plan.to_dict()}
+
+
+def _fit_budget(run: _Run, budget: BudgetPlan, completed: int) -> int:
+    """Re-fit the schedule to the budget (rank 0's clock decides); return the total epochs."""
+    total = _broadcast_int(max(completed, budget.epochs_that_fit(completed, run.cfg.val_every),
+                               1), run)
+    if total != run.plan.epochs:
+        warm = int(round(run.cfg.warmup_epochs * run.steps))
+        run.plan.refit(total, run.scheduler.last_epoch, warm, run.steps)
+    budget.epochs = total
+    return total
 
 
 def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
@@ -863,11 +895,12 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
             log.info('resumed from %s at epoch %d step %d', cfg.resume, st.epoch, st.step)
     net, plan = run.net, run.plan
     budget = _make_budget(cfg, t_origin, st, run)
-    if budget is not None and budget.epoch_s is not None:  # resumed: plan from measurements
-        stored = (st.budget or {}).get('epochs')
-        same = (st.budget or {}).get('budget_s') == budget.budget_s
-        plan.epochs = budget.epochs = _fit_budget(run, budget, st.epoch,
-                                                  stored if same else None)
+    if budget is not None and (st.budget or {}).get('epochs'):  # resumed: the stored plan
+        plan.epochs = int(st.budget['epochs'])
+        plan.anchor_step = st.budget.get('anchor_step')
+        plan.anchor_frac = float(st.budget.get('anchor_frac') or 0.0)
+    if budget is not None and budget.epoch_s is not None:  # resumed: re-fit from measurements
+        _fit_budget(run, budget, st.epoch)
     if budget is not None and main:
         log.info('time budget %s: %s used so far, ~%.0f s kept for the export%s',
                  format_duration(budget.budget_s), format_duration(budget.elapsed()),
@@ -908,7 +941,7 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
             st.train_time += train_s
             if stopped:
                 st.epoch, st.step = epoch, done
-                ck = checkpoint_state(run, st, sums, budget.to_dict() if budget else None)
+                ck = checkpoint_state(run, st, sums, _budget_state(run, budget))
                 if main:
                     save_checkpoint(run.last_path, ck)
                     log.warning('interrupted: saved %s (epoch %d, step %d); continue with '
@@ -927,12 +960,10 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
                 if not cut:  # this epoch's cost: training (scaled up if resumed mid-epoch)
                     budget.add_epoch(train_s * run.steps / max(1, done - first) + budget_save_s)
                 previous = plan.epochs
-                # early on (first quarter of the plan, where the cosine has hardly moved) the
-                # count may also grow; later it can only shrink
-                free = previous is None or 4 * completed <= previous
-                plan.epochs = budget.epochs = (
-                    completed if cut else _fit_budget(run, budget, completed,
-                                                      None if free else previous))
+                if cut:
+                    plan.epochs = budget.epochs = completed
+                else:
+                    _fit_budget(run, budget, completed)
                 if main and cut:
                     log.warning('time budget %s: out of time during epoch %d; stopping there',
                                 format_duration(budget.budget_s), completed)
@@ -944,7 +975,7 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
                              budget.finish_s, plan.epochs)
                 elif main and plan.epochs != previous:
                     log.info('time budget: %s, %d epochs instead of %d (~%.1f s per epoch; the '
-                             'schedule is recomputed for the new length)',
+                             'rest of the schedule is spread over the new length)',
                              'running late' if plan.epochs < previous else 'time to spare',
                              plan.epochs, previous, budget.epoch_s)
                 if can_validate and not validated and completed == plan.epochs:
@@ -953,7 +984,7 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
                 st.history.append(row)
             st.epoch, st.step = completed, 0
             t_save = time.perf_counter()
-            ck = checkpoint_state(run, st, None, budget.to_dict() if budget else None)
+            ck = checkpoint_state(run, st, None, _budget_state(run, budget))
             if main:
                 if improved:
                     save_checkpoint(run.best_path, ck)

@@ -162,3 +162,24 @@ def test_cli_time_budget_flag_and_old_val_split(tiny_scene, tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'time_budget: 1h30m' in out and 'val_split: test' in out
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_budget_refit_keeps_the_cosine_continuous_and_ends_at_its_floor():
+    from posenet_ros.train import _lr_lambda, _SchedulePlan
+
+    cfg = load_config(None, {'epochs': 10, 'warmup_epochs': 1, 'min_lr_ratio': 0.01})
+    spe = 8
+    # without a re-fit: the plain cosine over cfg.epochs (what every run without a budget gets)
+    plain, planned = _lr_lambda(cfg, spe), _lr_lambda(cfg, spe, _SchedulePlan(10))
+    assert [plain(s) for s in range(80)] == [planned(s) for s in range(80)]
+    plan = _SchedulePlan(None)  # measuring epoch: warm-up, then the peak rate
+    f = _lr_lambda(cfg, spe, plan)
+    assert f(7) == 1.0 and f(12) == 1.0
+    plan.refit(10, 16, warm=8, steps_per_epoch=spe)
+    assert f(16) == 1.0 and f(40) < 1.0
+    before = f(40)
+    for epochs in (14, 6):  # longer, then shorter: no jump at the re-fit step
+        plan.refit(epochs, 40, warm=8, steps_per_epoch=spe)
+        assert f(40) == pytest.approx(before, abs=1e-12)
+        assert f(epochs * spe) == pytest.approx(0.01) and f(epochs * spe - 1) > 0.01
+    assert f(47) < before
