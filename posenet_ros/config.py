@@ -35,7 +35,7 @@ BEST_METRICS = ('translation', 'rotation')
 RESUME_MAY_DIFFER = frozenset({
     'epochs', 'resume', 'run_dir', 'export_dir', 'name', 'export', 'export_pt2', 'map', 'cache',
     'cache_dir', 'progress', 'num_threads', 'device', 'val_every', 'map_frame', 'camera_frame',
-    'dataset',
+    'dataset', 'time_budget',
 })
 
 #: One-line help of every key (CLI ``--help`` and ``config/train_default.yaml``).
@@ -43,7 +43,12 @@ HELP = {
     'dataset': 'dataset folder or rosbag2 (manifest, Cambridge, 7-Scenes, bag); required',
     'dataset_kind': 'dataset reader: auto, manifest, cambridge, 7scenes or bag',
     'train_split': 'split trained on',
-    'val_split': 'split validated on (median errors, best model); null disables validation',
+    'val_split': "validation (median errors, best.pt): 'holdout' (frames of train_split held "
+                 'out and never trained on, see val_fraction), a split name, or null (no '
+                 'validation: the last epoch is exported)',
+    'val_fraction': "'holdout': fraction of train_split held out, in (0, 0.5]",
+    'val_segment': "'holdout': frames per held-out contiguous segment (every k-th segment of "
+                   'each sequence is held out)',
     'backbone': 'efficientnet_lite0, googlenet, resnet18, resnet34, mobilenet_v3_small/large, '
                 'efficientnet_b0',
     'pretrained': "trunk initialisation: 'imagenet' (offline weights), a weights file, or null",
@@ -64,7 +69,9 @@ HELP = {
     'brightness': 'colour jitter: brightness factor range 1 +- this, in [0, 1)',
     'contrast': 'colour jitter: contrast factor range 1 +- this, in [0, 1)',
     'saturation': 'colour jitter: saturation factor range 1 +- this, in [0, 1)',
-    'epochs': 'training epochs',
+    'epochs': 'training epochs (ignored with time_budget, which fits the count)',
+    'time_budget': 'wall-clock budget of the whole command, e.g. 20m, 90s, 1h30m or seconds; '
+                   'the epoch count and LR schedule are fitted to it; null: off',
     'batch_size': 'images per optimiser step (per process under torchrun)',
     'optimizer': 'adam, adamw or sgd',
     'lr': 'peak learning rate',
@@ -108,7 +115,9 @@ class TrainConfig:
     dataset: str | None = None
     dataset_kind: str = 'auto'
     train_split: str = 'train'
-    val_split: str | None = 'test'
+    val_split: str | None = 'holdout'
+    val_fraction: float = 0.1
+    val_segment: int = 10
     # model
     backbone: str = 'efficientnet_lite0'
     pretrained: str | None = 'imagenet'
@@ -129,6 +138,7 @@ class TrainConfig:
     saturation: float = 0.2
     # optimisation
     epochs: int = 100
+    time_budget: str | None = None
     batch_size: int = 32
     optimizer: str = 'adam'
     lr: float = 1e-4
@@ -187,7 +197,8 @@ class TrainConfig:
         choice('schedule', SCHEDULES)
         choice('best_metric', BEST_METRICS)
         choice('dataset_kind', ('auto', 'manifest', 'cambridge', '7scenes', 'bag'))
-        for key in ('epochs', 'batch_size', 'resize', 'crop', 'val_every', 'step_epochs'):
+        for key in ('epochs', 'batch_size', 'resize', 'crop', 'val_every', 'step_epochs',
+                    'val_segment'):
             if getattr(self, key) < 1:
                 bad(key, 'must be >= 1')
         if self.crop > self.resize:
@@ -204,6 +215,12 @@ class TrainConfig:
         for key in ('momentum', 'min_lr_ratio'):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 bad(key, 'must be in [0, 1]')
+        if not 0.0 < self.val_fraction <= 0.5:
+            bad('val_fraction', 'must be in (0, 0.5]')
+        if self.time_budget is not None:
+            from posenet_ros.budget import parse_duration
+
+            parse_duration(self.time_budget)  # raises a ConfigError that shows the format
         if not 0.0 < self.gamma <= 1.0:
             bad('gamma', 'must be in (0, 1]')
         if self.freeze_bn and self.pretrained is None:
@@ -220,7 +237,7 @@ class TrainConfig:
         if '/' in self.name or '\\' in self.name:
             bad('name', 'is a file stem, not a path; put the folder in export_dir')
         for key in ('lr', 'beta', 'dropout', 'weight_decay', 'momentum', 'gamma', 'warmup_epochs',
-                    's_x_init', 's_q_init', 'grad_clip', 'min_lr_ratio'):
+                    's_x_init', 's_q_init', 'grad_clip', 'min_lr_ratio', 'val_fraction'):
             if not math.isfinite(getattr(self, key)):
                 bad(key, 'must be finite')
         return self

@@ -225,9 +225,8 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
     frames. ``map_path``: verify and refine every frame against this scene map
     (``posenet-ros map``); frames without intrinsics use the map's.
     """
-    from tqdm import tqdm
-
     from posenet_ros.datasets import load_image
+    from posenet_ros.progress import progress as _progress
 
     if (dataset is None) == (bag is None):
         raise EvaluationError('give exactly one of a dataset folder (--dataset) or a bag (--bag)')
@@ -251,7 +250,7 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
     feats: list[np.ndarray] = []
     verifications: list = []
     try:
-        bar = tqdm(samples, total=total if limit is None else min(total or limit, limit),
+        bar = _progress(samples, total=total if limit is None else min(total or limit, limit),
                    desc='evaluate', unit='frame', disable=not progress)
         for k, s in enumerate(bar):
             if limit is not None and k >= limit:

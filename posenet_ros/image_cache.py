@@ -174,14 +174,13 @@ def build_image_cache(samples: Sequence[PoseSample], resize: int, cache_dir: str
     cache_dir.mkdir(parents=True, exist_ok=True)
     h, w = common_size(samples, resize)
     workers = workers or min(8, os.cpu_count() or 1)
-    from tqdm import tqdm
+    from posenet_ros.progress import progress as _progress
 
     with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8,
                                         shape=(len(samples), h, w, 3))
         with ThreadPoolExecutor(max_workers=workers) as pool, \
-                tqdm(total=len(samples), desc=desc, unit='img', disable=not progress,
-                     leave=False) as bar:
+                _progress(total=len(samples), desc=desc, unit='img', disable=not progress) as bar:
             chunk = max(16, 4 * workers)  # bounded number of decoded images in flight
             for start in range(0, len(samples), chunk):
                 part = samples[start:start + chunk]

@@ -260,12 +260,11 @@ def baseline_training_set(dataset, split, train_dataset, meta, notes):
     return [], ''
 
 
-def add_baselines(methods, train, extractor, test_feats, n, progress, train_src):
+def add_baselines(methods, train, extractor, test_feats, n, show_progress, train_src):
     """Mean-pose and nearest-neighbour predictions for the ``n`` evaluated frames."""
-    from tqdm import tqdm
-
     from posenet_ros.baselines import mean_pose, nearest_neighbour
     from posenet_ros.datasets import load_image
+    from posenet_ros.progress import progress
 
     train_p = np.array([s.position for s in train])
     train_q = np.array([s.quaternion for s in train])
@@ -277,7 +276,7 @@ def add_baselines(methods, train, extractor, test_feats, n, progress, train_src)
         return
     t0 = time.perf_counter()
     train_feats = []
-    for s in tqdm(train, desc='nn features', unit='frame', disable=not progress, leave=False):
+    for s in progress(train, desc='nn features', unit='frame', disable=not show_progress):
         train_feats.append(extractor([load_image(s)])[0])
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -191,10 +191,9 @@ def robustness_study(model, dataset, out_dir, *, split: str = 'test',
                      limit: int | None = None, device: str = 'cpu', seed: int = 0,
                      progress: bool = True) -> dict:
     """Score ``model`` on degraded test frames; writes robustness.{json,md,png}."""
-    from tqdm import tqdm
-
     from posenet_ros import plots
     from posenet_ros.datasets import load_dataset
+    from posenet_ros.progress import progress as _progress
     from posenet_ros.relocalizer import Relocalizer
 
     kinds = list(kinds or PERTURBATIONS)
@@ -211,7 +210,7 @@ def robustness_study(model, dataset, out_dir, *, split: str = 'test',
     rows, panels, panels_r = [], {}, {}
     jobs = [(k, lv) for k in kinds for lv in (PERTURBATIONS[k].tiny_levels if tiny
                                               else PERTURBATIONS[k].levels)]
-    for kind, level in tqdm(jobs, desc='robustness', disable=not progress):
+    for kind, level in _progress(jobs, desc='robustness', disable=not progress):
         degraded = [perturb(f, kind, level, seed + i) for i, f in enumerate(frames)]
         s = _score(reloc, degraded, pos, quat)
         rows.append(_row(s, perturbation=kind, level=level))

@@ -442,9 +442,9 @@ def _iter_frames(cfg: SceneConfig, which: str):
 
 
 def _progress(iterable, total, desc, show):
-    from tqdm import tqdm
+    from posenet_ros.progress import progress
 
-    return tqdm(iterable, total=total, desc=desc, unit='frame', disable=not show, leave=False)
+    return progress(iterable, total=total, desc=desc, unit='frame', disable=not show)
 
 
 def write_dataset(out_dir, cfg: SceneConfig | None = None, progress: bool = True) -> Path:

@@ -7,14 +7,19 @@ gloo on CPUs; multi-GPU and multi-node)::
     posenet-ros train --config config/train_demo_cpu.yaml --dataset data/synth/dataset
     torchrun --nproc_per_node 4 -m posenet_ros.train --config my.yaml --device cuda
 
-Pipeline: read the train/val splits (any reader of ``posenet_ros.datasets``); normalise
-positions with the training split's mean and RMS radius (stored in the export, which
-de-normalises); decode and resize every image once into a uint8 memmap cache
+Pipeline: read the train split (any reader of ``posenet_ros.datasets``) and hold out the
+validation frames (``val_split: holdout``, :mod:`posenet_ros.holdout`; or read a named val
+split); normalise positions with the trained-on frames' mean and RMS radius (stored in the
+export, which de-normalises); decode and resize every image once into a uint8 memmap cache
 (``posenet_ros.image_cache``); per step, random crop + colour jitter (``TrainAugment``), beta or
 learned loss, optimiser + per-step LR schedule, AMP on CUDA; per epoch, validation (median
 translation/rotation error on the val split, centre crops of the cached images), ``last.pt``
 and ``best.pt`` (atomic), a row of ``metrics.csv``; at the end, the best model is exported
 (TorchScript + ``.pt2``) with a training summary and the resolved config in its metadata.
+``time_budget``: the epoch count and schedule are fitted to a wall-clock budget
+(:mod:`posenet_ros.budget`). Layout as in torchvision's reference scripts: :func:`_setup`,
+:func:`train_one_epoch`, :func:`validate`, :func:`checkpoint_state` / :func:`restore_state`,
+:func:`_finish` (docs/training.md).
 
 Reproducibility: the data order of epoch ``e`` is a permutation seeded by ``(seed, e)``
 (``DistributedSampler``), the augmentation generator and the global torch RNG (dropout,
@@ -51,6 +56,13 @@ import torch.distributed as dist
 from torch import nn
 
 from posenet_ros.atomic import atomic_path
+from posenet_ros.budget import (
+    BudgetPlan,
+    export_estimate_s,
+    format_duration,
+    parse_duration,
+    process_age_s,
+)
 from posenet_ros.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from posenet_ros.config import (
     HELP,
@@ -66,6 +78,7 @@ from posenet_ros.errors import (
     EmptySplitError,
     TrainingDivergedError,
 )
+from posenet_ros.progress import progress
 
 __all__ = ['TrainResult', 'train', 'main', 'build_parser', 'evaluate_cached',
            'translation_normalization', 'METRICS_COLUMNS']
@@ -101,6 +114,9 @@ class TrainResult:
     rank: int = 0
     world_size: int = 1
     stopped_early: bool = False  # on_epoch_end ended training before cfg.epochs
+    n_val: int = 0  # validation frames (holdout or val_split)
+    selected_on: str | None = None  # split that chose the exported model; None: last epoch
+    time_budget_s: float | None = None
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -232,17 +248,55 @@ def _init_distributed(cfg: TrainConfig) -> tuple[_Dist, torch.device]:
     return _Dist(dist.get_world_size(), dist.get_rank(), local_rank, owns), device
 
 
-def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
-    total = max(1, cfg.epochs * steps_per_epoch)
+@dataclass
+class _SchedulePlan:
+    """The epoch count the LR schedule spans; ``None`` while a time budget is being measured.
+
+    A mutable holder read by :func:`_lr_lambda` at every step, so the time budget can fit and
+    re-fit the schedule (not a callable object: LambdaLR would pickle its attributes). A
+    re-fit at step ``anchor_step`` keeps the cosine's progress there (``anchor_frac``) and
+    spreads the rest over the new length: the learning rate stays continuous and still ends
+    at its floor. Without a re-fit (no time budget) this is the plain cosine over ``epochs``.
+    """
+
+    epochs: int | None
+    anchor_step: int | None = None
+    anchor_frac: float = 0.0
+
+    def frac(self, step: int, warm: int, steps_per_epoch: int) -> float:
+        """Cosine progress in [0, 1] at ``step`` (after warm-up)."""
+        total = max(1, self.epochs * steps_per_epoch)
+        if self.anchor_step is None or self.anchor_step <= warm and self.anchor_frac == 0.0:
+            return min(1.0, (step - warm) / max(1, total - warm))
+        s0 = max(self.anchor_step, warm)
+        return min(1.0, self.anchor_frac + (1.0 - self.anchor_frac) * (step - s0)
+                   / max(1, total - s0))
+
+    def refit(self, epochs: int, step: int, warm: int, steps_per_epoch: int) -> None:
+        """Span ``epochs`` from now on (``step``: scheduler steps taken so far)."""
+        frac = (0.0 if self.epochs is None or step <= warm
+                else self.frac(step, warm, steps_per_epoch))
+        self.epochs, self.anchor_step, self.anchor_frac = int(epochs), int(step), float(frac)
+
+    def to_dict(self) -> dict:
+        """What a checkpoint stores."""
+        return {'epochs': self.epochs, 'anchor_step': self.anchor_step,
+                'anchor_frac': self.anchor_frac}
+
+
+def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int, plan: _SchedulePlan | None = None):
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    plan = _SchedulePlan(cfg.epochs) if plan is None else plan
 
     def factor(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
         if cfg.schedule == 'cosine':
-            progress = min(1.0, (step - warm) / max(1, total - warm))
+            if plan.epochs is None:  # the time budget's measuring epoch: peak rate
+                return 1.0
+            frac = plan.frac(step, warm, steps_per_epoch)
             return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(
-                math.pi * progress))
+                math.pi * frac))
         if cfg.schedule == 'step':
             return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_epochs)
         return 1.0
@@ -380,7 +434,8 @@ def _images(cfg: TrainConfig, samples, cache_dir: Path, ddp: _Dist, desc: str):
 
 
 # --- the trainer ---------------------------------------------------------------------------
-def train(cfg: TrainConfig, on_epoch_end=None) -> TrainResult:
+def train(cfg: TrainConfig, on_epoch_end=None, *, started_at: float | None = None
+          ) -> TrainResult:
     """Train (or resume) according to ``cfg``; export the best model; return a summary.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this; only rank 0 logs,
@@ -391,7 +446,11 @@ def train(cfg: TrainConfig, on_epoch_end=None) -> TrainResult:
     ``on_epoch_end(row: dict) -> bool``, called on rank 0 after each epoch's checkpoint with that
     epoch's metrics row: returning True stops training there (early stopping; ``last.pt`` is
     resumable, the best model is still exported).
+
+    ``started_at``: ``time.perf_counter()`` value the ``time_budget`` counts from (the CLI
+    passes its process start); default: now.
     """
+    t_origin = time.perf_counter() if started_at is None else started_at
     cfg = cfg.validate()
     if not cfg.dataset:
         raise ConfigError('no dataset given: pass --dataset PATH (a dataset folder or bag) or '
@@ -417,7 +476,7 @@ def train(cfg: TrainConfig, on_epoch_end=None) -> TrainResult:
             log.addHandler(file_handler)
             if log.getEffectiveLevel() > logging.INFO:
                 log.setLevel(logging.INFO)
-        return _train(cfg, ddp, device, run_dir, on_epoch_end)
+        return _train(cfg, ddp, device, run_dir, on_epoch_end, t_origin)
     finally:
         torch.use_deterministic_algorithms(prev_det)
         torch.set_num_threads(prev_threads)
@@ -428,44 +487,266 @@ def train(cfg: TrainConfig, on_epoch_end=None) -> TrainResult:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
-           on_epoch_end) -> TrainResult:
+# --- the training state and its pieces (torchvision-reference shape) ------------------------
+@dataclass
+class _Run:
+    """Everything built once before the epoch loop (data, model, optimiser, schedule)."""
+
+    cfg: TrainConfig
+    ddp: _Dist
+    device: torch.device
+    run_dir: Path
+    train_samples: list
+    val_samples: list
+    fingerprint: str
+    pos_mean: np.ndarray
+    pos_scale: float
+    train_images: object
+    val_images: object
+    pos_t: torch.Tensor
+    quat_t: torch.Tensor
+    val_p: np.ndarray | None
+    val_q: np.ndarray | None
+    net: nn.Module
+    loss_fn: nn.Module
+    step_module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    aug_gen: torch.Generator
+    augment: nn.Module
+    mean: torch.Tensor
+    std: torch.Tensor
+    sampler: object
+    steps: int
+    batch: int
+    use_amp: bool
+    plan: _SchedulePlan
+    flag: torch.Tensor  # [stop requested, non-finite loss / early stop, past the deadline]
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / 'last.pt'
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / 'best.pt'
+
+
+@dataclass
+class TrainState:
+    """Progress a checkpoint carries besides the model/optimiser/scheduler states."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed steps of epoch ``epoch`` (non-zero only mid-epoch)
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {'epoch': None, 'metric': math.inf,
+                                                'median_t': None, 'median_r': None})
+    train_time: float = 0.0
+    partial: dict | None = None  # loss sums of the interrupted epoch
+    rng: list | None = None  # per-rank RNG states of a mid-epoch checkpoint
+    budget: dict | None = None  # BudgetPlan.to_dict() of the run that wrote it
+
+
+def checkpoint_state(run: _Run, st: TrainState, partial_sums: dict | None = None,
+                     budget: dict | None = None) -> dict:
+    """The resumable checkpoint dict (collective under DDP: every rank's RNG state)."""
+    rng = _rng_state(run.aug_gen)
+    if run.ddp.enabled:  # every rank's RNG state, so a mid-epoch resume is exact on all ranks
+        gathered: list = [None] * run.ddp.world_size
+        dist.all_gather_object(gathered, rng)
+        rng = gathered
+    else:
+        rng = [rng]
+    return {'config': run.cfg.to_dict(), 'backbone': run.cfg.backbone,
+            'model': run.net.state_dict(), 'loss': run.loss_fn.state_dict(),
+            'optimizer': run.optimizer.state_dict(), 'scheduler': run.scheduler.state_dict(),
+            'scaler': run.scaler.state_dict(), 'epoch': st.epoch, 'step': st.step, 'rng': rng,
+            'world_size': run.ddp.world_size, 'best': st.best, 'history': st.history,
+            'pos_mean': [float(v) for v in run.pos_mean], 'pos_scale': float(run.pos_scale),
+            'train_fingerprint': run.fingerprint, 'train_time_s': st.train_time,
+            'partial': partial_sums, 'budget': budget, 'n_val': len(run.val_samples)}
+
+
+def restore_state(run: _Run, ckpt: dict) -> TrainState:
+    """Load a checkpoint's states into ``run``; return its progress."""
+    run.net.load_state_dict(ckpt['model'])
+    run.loss_fn.load_state_dict(ckpt['loss'])
+    run.optimizer.load_state_dict(ckpt['optimizer'])
+    run.scheduler.load_state_dict(ckpt['scheduler'])
+    run.scaler.load_state_dict(ckpt['scaler'])
+    st = TrainState(epoch=int(ckpt['epoch']), step=int(ckpt['step']),
+                    history=list(ckpt.get('history', [])),
+                    train_time=float(ckpt.get('train_time_s', 0.0)),
+                    partial=ckpt.get('partial'), rng=ckpt.get('rng') or [],
+                    budget=ckpt.get('budget'))
+    st.best = dict(ckpt.get('best', st.best))
+    if st.step and len(st.rng) != run.ddp.world_size:
+        raise CheckpointError(
+            f'{run.cfg.resume}: written mid-epoch by {len(st.rng)} process(es), resumed by '
+            f'{run.ddp.world_size}; resume with the same number of processes')
+    return st
+
+
+def train_one_epoch(run: _Run, epoch: int, first: int, sums: dict, stop: dict,
+                    deadline: float | None = None, total_epochs: int | None = None
+                    ) -> tuple[dict, int, bool]:
+    """Steps ``first..steps-1`` of ``epoch``: returns ``(sums, steps_done, stopped)``.
+
+    ``stopped``: a signal asked to stop (after the returned number of steps of this epoch).
+    Past ``deadline`` (``time.perf_counter()``, time budget) the epoch ends early, not stopped.
+    Raises :class:`TrainingDivergedError` on a non-finite loss.
+    """
+    cfg, ddp, device, flag = run.cfg, run.ddp, run.device, run.flag
+    run.sampler.set_epoch(epoch)  # data order = permutation seeded by (seed, epoch)
+    order = list(run.sampler)
+    batch, steps = run.batch, run.steps
+    bar = progress(total=steps, initial=first, unit='step',
+                   desc=f'epoch {epoch + 1}/{total_epochs or "?"}',
+                   disable=not (cfg.progress and ddp.main), every_frac=1.0, every_s=60.0,
+                   final_line=False, logger=log)
+    step = first
+    try:
+        for step in range(first, steps):
+            idx = order[step * batch:(step + 1) * batch]
+            frames = run.train_images.batch(idx)
+            if device.type == 'cuda':
+                frames = frames.pin_memory()
+            frames = frames.to(device, non_blocking=True)
+            with torch.no_grad():
+                x = (run.augment(frames) if cfg.augment
+                     else _center_crop_normalize(frames, cfg.crop, run.mean, run.std))
+            pos = run.pos_t[idx].to(device, non_blocking=True)
+            quat = run.quat_t[idx].to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=torch.float16,
+                                enabled=run.use_amp):
+                loss, parts = run.step_module(x, pos, quat)
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                run.scaler.unscale_(run.optimizer)
+                nn.utils.clip_grad_norm_(run.step_module.parameters(), cfg.grad_clip)
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            run.scheduler.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            sums['n'] = sums.get('n', 0) + 1
+            flag[0] = float(stop['stop'])
+            flag[1] = float(not math.isfinite(parts.get('loss', float(loss.detach()))))
+            flag[2] = float(deadline is not None and time.perf_counter() > deadline)
+            if ddp.enabled:
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            bar.update(1)
+            bar.set_postfix(loss=f'{parts.get("loss", float(loss.detach())):.4f}')
+            if flag[1] > 0:
+                raise TrainingDivergedError(
+                    f'the loss became NaN/inf at epoch {epoch + 1} step {step + 1}; lower '
+                    f'lr (now {cfg.lr:g}), enable grad_clip, or check the labels; resume '
+                    f'from {run.last_path if run.last_path.exists() else "scratch"}')
+            if flag[0] > 0:
+                return sums, step + 1, True
+            if flag[2] > 0 and step + 1 < steps:
+                if ddp.main:
+                    log.warning('time budget: ending epoch %d after %d of %d steps',
+                                epoch + 1, step + 1, steps)
+                return sums, step + 1, False
+        return sums, steps, False
+    finally:
+        bar.close()
+
+
+def validate(run: _Run) -> tuple[float, float]:
+    """Median translation (m) and rotation (deg) error on the validation frames."""
+    t_err, r_err = evaluate_cached(run.net, run.val_images, run.val_p, run.val_q, run.pos_mean,
+                                   run.pos_scale, run.cfg.crop, run.device,
+                                   batch_size=2 * run.batch, amp=run.use_amp)
+    return float(np.median(t_err)), float(np.median(r_err))
+
+
+def _epoch_row(run: _Run, epoch: int, sums: dict, n_steps: int, epoch_time: float) -> dict:
+    ddp = run.ddp
+    n = max(1, sums.get('n', 1))
+    row = {'epoch': epoch + 1, 'lr': run.optimizer.param_groups[0]['lr'],
+           'epoch_time_s': round(epoch_time, 3),
+           'images_per_s': round(n_steps * run.batch * ddp.world_size
+                                 / max(epoch_time, 1e-9), 2)}
+    for k in ('loss', 'l_x', 'l_q', 's_x', 's_q'):
+        if k in sums:
+            row[k] = sums[k] / n
+    if ddp.enabled:  # report the mean over ranks
+        vals = torch.tensor([row.get(k, 0.0) for k in ('loss', 'l_x', 'l_q')],
+                            dtype=torch.float64, device=run.flag.device)
+        dist.all_reduce(vals)
+        for k, v in zip(('loss', 'l_x', 'l_q'), (vals / ddp.world_size).tolist()):
+            row[k] = v
+    return row
+
+
+def _log_epoch(row: dict, total: int, improved: bool) -> None:
+    log.info('epoch %d/%d: loss %.4f (l_x %.4f, l_q %.4f)%s, %.1f img/s%s',
+             row['epoch'], total, row.get('loss', math.nan),
+             row.get('l_x', math.nan), row.get('l_q', math.nan),
+             f', s_x {row["s_x"]:.3f} s_q {row["s_q"]:.3f}' if 's_x' in row else '',
+             row['images_per_s'],
+             f', val median {row["val_median_t_m"]:.3f} m '
+             f'{row["val_median_r_deg"]:.2f} deg' + (' (best)' if improved else '')
+             if 'val_median_t_m' in row else '')
+
+
+def _validate_into(run: _Run, st: TrainState, row: dict, budget: BudgetPlan | None) -> bool:
+    """Validate (rank 0), add the medians to ``row``; True when this is the best model so far."""
+    t0 = time.perf_counter()
+    med_t, med_r = validate(run)
+    if budget is not None:
+        budget.val_s = time.perf_counter() - t0
+    row['val_median_t_m'], row['val_median_r_deg'] = med_t, med_r
+    metric = _metric_of(run.cfg.best_metric, med_t, med_r)
+    if metric < st.best['metric']:
+        st.best = {'epoch': row['epoch'], 'metric': metric, 'median_t': med_t,
+                   'median_r': med_r}
+        return True
+    return False
+
+
+def _broadcast_int(value: int, run: _Run) -> int:
+    """Rank 0's ``value`` on every rank (plans made from rank 0's clock)."""
+    if not run.ddp.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=run.flag.device)
+    dist.broadcast(t, 0)
+    return int(t.item())
+
+
+def _load_data(cfg: TrainConfig, main: bool) -> tuple[list, list]:
+    """``(train, val)`` samples: the train split minus a holdout, or a named val split."""
+    samples = _load_split(cfg, cfg.train_split, 'train')
+    if cfg.val_split == 'holdout':
+        from posenet_ros.holdout import holdout_split
+
+        train_samples, val_samples = holdout_split(samples, cfg.val_fraction, cfg.val_segment)
+        if main:
+            log.info('validation: %d of %d %s frames held out (val_fraction %g, segments of '
+                     'up to %d frames); the test split is not read', len(val_samples),
+                     len(samples), cfg.train_split, cfg.val_fraction, cfg.val_segment)
+        return train_samples, val_samples
+    if cfg.val_split:
+        return samples, _load_split(cfg, cfg.val_split, 'val')
+    return samples, []
+
+
+def _setup(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
+           ckpt: dict | None) -> _Run:
+    """Data, caches, model, loss, optimiser and schedule (not yet restored from ``ckpt``)."""
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DistributedSampler
-    from tqdm import tqdm
 
     from posenet_ros.losses import build_loss
     from posenet_ros.model import build_posenet
     from posenet_ros.preprocessing import IMAGENET_MEAN, IMAGENET_STD, TrainAugment
 
     main = ddp.main
-    last_path, best_path = run_dir / 'last.pt', run_dir / 'best.pt'
-
-    # -- resume: read and check the checkpoint before any expensive work ----------------------
-    ckpt = None
-    if cfg.resume:
-        resume_path = last_path if cfg.resume == 'auto' else Path(cfg.resume)
-        ckpt = load_checkpoint(resume_path)
-        # a key missing from an older checkpoint did not exist yet: it ran with the default
-        for key, value in TrainConfig().to_dict().items():
-            ckpt.setdefault('config', {}).setdefault(key, value)
-        check_resumable(ckpt, cfg.to_dict(), resume_path, RESUME_MAY_DIFFER)
-        if ckpt['config'].get('epochs') != cfg.epochs and main:
-            log.warning('resuming with epochs=%d (checkpoint: %s): the LR schedule is '
-                        'recomputed for the new length', cfg.epochs, ckpt['config'].get('epochs'))
-    elif last_path.exists():
-        raise ConfigError(f'{run_dir} already holds last.pt from an earlier run: pass --resume '
-                          'to continue it, choose another --run-dir, or delete the folder')
-
-    if main:
-        log.info('resolved config:\n%s', dump_yaml(cfg).rstrip())
-        (run_dir / 'config.yaml').write_text(dump_yaml(cfg), encoding='utf-8')
-        log.info('device %s, %d process(es), torch %s', device, ddp.world_size,
-                 torch.__version__)
-
-    # -- data ---------------------------------------------------------------------------------
-    train_samples = _load_split(cfg, cfg.train_split, 'train')
-    val_samples = _load_split(cfg, cfg.val_split, 'val') if cfg.val_split else []
+    train_samples, val_samples = _load_data(cfg, main)
     fingerprint = _labels_fingerprint(train_samples)
     positions = np.stack([s.position for s in train_samples])
     quats = np.stack([s.quaternion for s in train_samples])
@@ -477,6 +758,7 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
                 'dataset or start a new run without --resume')
         pos_mean, pos_scale = np.asarray(ckpt['pos_mean'], dtype=np.float64), ckpt['pos_scale']
     elif cfg.normalize_translation:
+        # from the frames actually trained on (a holdout is not part of them)
         pos_mean, pos_scale = translation_normalization(positions)
     else:
         pos_mean, pos_scale = np.zeros(3), 1.0
@@ -498,7 +780,6 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
     val_p = np.stack([s.position for s in val_samples]) if val_samples else None
     val_q = np.stack([s.quaternion for s in val_samples]) if val_samples else None
 
-    # -- model, loss, optimiser, schedule -----------------------------------------------------
     torch.manual_seed(cfg.seed)  # same head initialisation on every rank
     net = build_posenet(cfg.backbone, cfg.pretrained, cfg.dropout).to(device)
     # beta is in the paper's units (metres vs quaternion); on positions divided by pos_scale
@@ -511,65 +792,120 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
     per_rank = len(sampler)
     batch = min(cfg.batch_size, per_rank)
     steps = max(1, per_rank // batch)  # drop the last incomplete batch (BatchNorm of size 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps))
+    plan = _SchedulePlan(None if cfg.time_budget else cfg.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps, plan))
     use_amp = cfg.amp and device.type == 'cuda'
-    scaler = torch.amp.GradScaler('cuda', enabled=use_amp)
     aug_gen = torch.Generator()
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    augment = TrainAugment(cfg.crop, IMAGENET_MEAN, IMAGENET_STD, cfg.brightness, cfg.contrast,
-                           cfg.saturation, generator=aug_gen).to(device)
-
-    start_epoch, start_step = 0, 0
-    history: list[dict] = []
-    best = {'epoch': None, 'metric': math.inf, 'median_t': None, 'median_r': None}
-    train_time = 0.0
-    partial = None
-    if ckpt is not None:
-        net.load_state_dict(ckpt['model'])
-        loss_fn.load_state_dict(ckpt['loss'])
-        optimizer.load_state_dict(ckpt['optimizer'])
-        scheduler.load_state_dict(ckpt['scheduler'])
-        scaler.load_state_dict(ckpt['scaler'])
-        start_epoch, start_step = int(ckpt['epoch']), int(ckpt['step'])
-        history = list(ckpt.get('history', []))
-        best = dict(ckpt.get('best', best))
-        train_time = float(ckpt.get('train_time_s', 0.0))
-        partial = ckpt.get('partial')
-        rng_states = ckpt.get('rng') or []
-        if start_step and len(rng_states) != ddp.world_size:
-            raise CheckpointError(
-                f'{cfg.resume}: written mid-epoch by {len(rng_states)} process(es), resumed by '
-                f'{ddp.world_size}; resume with the same number of processes')
-        if main:
-            log.info('resumed from %s at epoch %d step %d', cfg.resume, start_epoch, start_step)
+    run = _Run(
+        cfg=cfg, ddp=ddp, device=device, run_dir=run_dir, train_samples=train_samples,
+        val_samples=val_samples, fingerprint=fingerprint, pos_mean=pos_mean,
+        pos_scale=float(pos_scale), train_images=train_images, val_images=val_images,
+        pos_t=pos_t, quat_t=quat_t, val_p=val_p, val_q=val_q, net=net, loss_fn=loss_fn,
+        step_module=step_module, optimizer=optimizer, scheduler=scheduler,
+        scaler=torch.amp.GradScaler('cuda', enabled=use_amp), aug_gen=aug_gen,
+        augment=TrainAugment(cfg.crop, IMAGENET_MEAN, IMAGENET_STD, cfg.brightness,
+                             cfg.contrast, cfg.saturation, generator=aug_gen).to(device),
+        mean=torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+        std=torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1),
+        sampler=sampler, steps=steps, batch=batch, use_amp=use_amp, plan=plan,
+        flag=torch.zeros(3, device=device if ddp.enabled else 'cpu'))
     if ddp.enabled:
-        step_module = DistributedDataParallel(
+        run.step_module = DistributedDataParallel(
             step_module, device_ids=[device.index] if device.type == 'cuda' else None)
-
-    def state(epoch: int, step: int, partial_sums=None) -> dict:
-        rng = _rng_state(aug_gen)
-        if ddp.enabled:  # every rank's RNG state, so a mid-epoch resume is exact on all ranks
-            gathered: list = [None] * ddp.world_size
-            dist.all_gather_object(gathered, rng)
-            rng = gathered
-        else:
-            rng = [rng]
-        return {'config': cfg.to_dict(), 'backbone': cfg.backbone,
-                'model': net.state_dict(), 'loss': loss_fn.state_dict(),
-                'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
-                'scaler': scaler.state_dict(), 'epoch': epoch, 'step': step, 'rng': rng,
-                'world_size': ddp.world_size, 'best': best, 'history': history,
-                'pos_mean': [float(v) for v in pos_mean], 'pos_scale': float(pos_scale),
-                'train_fingerprint': fingerprint, 'train_time_s': train_time,
-                'partial': partial_sums}
-
     if main:
         n_params = sum(p.numel() for p in net.parameters())
         log.info('model %s (%.1fM parameters, pretrained=%s), loss %s, %s lr %.3g %s '
                  'schedule, %d steps/epoch of %d x %d process(es), crop %d from %dx%d',
                  cfg.backbone, n_params / 1e6, cfg.pretrained, cfg.loss, cfg.optimizer, cfg.lr,
                  cfg.schedule, steps, batch, ddp.world_size, cfg.crop, h, w)
+    return run
+
+
+def _read_resume(cfg: TrainConfig, run_dir: Path, main: bool) -> dict | None:
+    """The checkpoint to resume from, checked against ``cfg`` (before any expensive work)."""
+    last_path = run_dir / 'last.pt'
+    if not cfg.resume:
+        if last_path.exists():
+            raise ConfigError(f'{run_dir} already holds last.pt from an earlier run: pass '
+                              '--resume to continue it, choose another --run-dir, or delete '
+                              'the folder')
+        return None
+    resume_path = last_path if cfg.resume == 'auto' else Path(cfg.resume)
+    ckpt = load_checkpoint(resume_path)
+    # a key missing from an older checkpoint did not exist yet: it ran with the default
+    for key, value in TrainConfig().to_dict().items():
+        ckpt.setdefault('config', {}).setdefault(key, value)
+    check_resumable(ckpt, cfg.to_dict(), resume_path, RESUME_MAY_DIFFER)
+    if ckpt['config'].get('epochs') != cfg.epochs and main and not cfg.time_budget:
+        log.warning('resuming with epochs=%d (checkpoint: %s): the LR schedule is '
+                    'recomputed for the new length', cfg.epochs, ckpt['config'].get('epochs'))
+    return ckpt
+
+
+def _make_budget(cfg: TrainConfig, t_origin: float, st: TrainState, run: _Run
+                 ) -> BudgetPlan | None:
+    if not cfg.time_budget:
+        return None
+    n_map = len(run.train_samples) + len(run.val_samples) if cfg.map else 0
+    budget = BudgetPlan(parse_duration(cfg.time_budget), t_origin,
+                        finish_s=(export_estimate_s(cfg.backbone, cfg.export_pt2, n_map)
+                                  if cfg.export else 0.0))
+    budget.margin_s = min(10.0, 0.02 * budget.budget_s)
+    if st.budget:  # resumed: the budget counts the wall time of the earlier run(s)
+        budget.used_before_s = float(st.budget.get('used_s', 0.0))
+        budget.epoch_s, budget.val_s = st.budget.get('epoch_s'), st.budget.get('val_s')
+        budget.recent = [budget.epoch_s] if budget.epoch_s is not None else []
+    elif st.epoch:  # resumed from a run without a budget: count its training time
+        budget.used_before_s = st.train_time
+        times = [r['epoch_time_s'] for r in st.history if r.get('epoch_time_s')]
+        budget.epoch_s = float(np.median(times)) if times else None
+        budget.recent = [budget.epoch_s] if budget.epoch_s is not None else []
+    return budget
+
+
+def _budget_state(run: _Run, budget: BudgetPlan | None) -> dict | None:
+    return None if budget is None else {**budget.to_dict(), **run.plan.to_dict()}
+
+
+def _fit_budget(run: _Run, budget: BudgetPlan, completed: int) -> int:
+    """Re-fit the schedule to the budget (rank 0's clock decides); return the total epochs."""
+    total = _broadcast_int(max(completed, budget.epochs_that_fit(completed, run.cfg.val_every),
+                               1), run)
+    if total != run.plan.epochs:
+        warm = int(round(run.cfg.warmup_epochs * run.steps))
+        run.plan.refit(total, run.scheduler.last_epoch, warm, run.steps)
+    budget.epochs = total
+    return total
+
+
+def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
+           on_epoch_end, t_origin: float) -> TrainResult:
+    main = ddp.main
+    ckpt = _read_resume(cfg, run_dir, main)
+    if main:
+        log.info('resolved config:\n%s', dump_yaml(cfg).rstrip())
+        (run_dir / 'config.yaml').write_text(dump_yaml(cfg), encoding='utf-8')
+        log.info('device %s, %d process(es), torch %s', device, ddp.world_size,
+                 torch.__version__)
+    run = _setup(cfg, ddp, device, run_dir, ckpt)
+    st = TrainState()
+    if ckpt is not None:
+        st = restore_state(run, ckpt)
+        if main:
+            log.info('resumed from %s at epoch %d step %d', cfg.resume, st.epoch, st.step)
+    net, plan = run.net, run.plan
+    budget = _make_budget(cfg, t_origin, st, run)
+    if budget is not None and (st.budget or {}).get('epochs'):  # resumed: the stored plan
+        plan.epochs = int(st.budget['epochs'])
+        plan.anchor_step = st.budget.get('anchor_step')
+        plan.anchor_frac = float(st.budget.get('anchor_frac') or 0.0)
+    if budget is not None and budget.epoch_s is not None:  # resumed: re-fit from measurements
+        _fit_budget(run, budget, st.epoch)
+    if budget is not None and main:
+        log.info('time budget %s: %s used so far, ~%.0f s kept for the export%s',
+                 format_duration(budget.budget_s), format_duration(budget.elapsed()),
+                 budget.finish_s, f'; {plan.epochs} epochs' if plan.epochs else
+                 '; the first epoch measures the speed')
 
     net.train()
     if cfg.freeze_bn:
@@ -579,159 +915,132 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
         for m in net.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
-    last_saved = None
-    completed, stopped_early = start_epoch, False
-    # [stop requested, non-finite loss], all-reduced under DDP (NCCL needs it on the GPU)
-    flag = torch.zeros(2, device=device if ddp.enabled else 'cpu')
+    start_epoch, start_step = st.epoch, st.step
+    stopped_early = False
+    budget_save_s = 0.0  # the last checkpoint save (part of an epoch's cost)
     with _stop_on_signal(True) as stop:
-        if main and start_epoch < cfg.epochs:
-            log.info('training epochs %d..%d (Ctrl-C saves a resumable last.pt)',
-                     start_epoch + 1, cfg.epochs)
-        for epoch in range(start_epoch, cfg.epochs):
-            sampler.set_epoch(epoch)  # data order = permutation seeded by (seed, epoch)
-            order = list(sampler)
+        if main and (plan.epochs is None or start_epoch < plan.epochs):
+            log.info('training epochs %d..%s (Ctrl-C saves a resumable last.pt)',
+                     start_epoch + 1, plan.epochs or '(fitted to the time budget)')
+        epoch = start_epoch
+        while plan.epochs is None or epoch < plan.epochs:
             resuming_mid = epoch == start_epoch and start_step > 0
             if resuming_mid:
-                _set_rng_state(ckpt['rng'][ddp.rank], aug_gen)
-                sums = dict(partial or {})
+                _set_rng_state(st.rng[ddp.rank], run.aug_gen)
+                sums = dict(st.partial or {})
             else:
-                _seed_epoch(cfg.seed, epoch, ddp.rank, aug_gen)
+                _seed_epoch(cfg.seed, epoch, ddp.rank, run.aug_gen)
                 sums = {}
             first = start_step if resuming_mid else 0
+            deadline = (budget.origin + budget.budget_s - budget.used_before_s
+                        - budget.finish_s - budget.margin_s) if budget else None
             t0 = time.perf_counter()
-            bar = tqdm(total=steps, initial=first, desc=f'epoch {epoch + 1}/{cfg.epochs}',
-                       unit='step', disable=not (cfg.progress and main), leave=False)
-            for step in range(first, steps):
-                idx = order[step * batch:(step + 1) * batch]
-                frames = train_images.batch(idx)
-                if device.type == 'cuda':
-                    frames = frames.pin_memory()
-                frames = frames.to(device, non_blocking=True)
-                with torch.no_grad():
-                    x = (augment(frames) if cfg.augment
-                         else _center_crop_normalize(frames, cfg.crop, mean, std))
-                pos = pos_t[idx].to(device, non_blocking=True)
-                quat = quat_t[idx].to(device, non_blocking=True)
-                with torch.autocast(device_type=device.type, dtype=torch.float16,
-                                    enabled=use_amp):
-                    loss, parts = step_module(x, pos, quat)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(step_module.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                sums['n'] = sums.get('n', 0) + 1
-                flag[0] = float(stop['stop'])
-                flag[1] = float(not math.isfinite(parts.get('loss', float(loss.detach()))))
-                if ddp.enabled:
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                bar.update(1)
-                bar.set_postfix(loss=f'{parts.get("loss", float(loss.detach())):.4f}')
-                if flag[1] > 0:
-                    raise TrainingDivergedError(
-                        f'the loss became NaN/inf at epoch {epoch + 1} step {step + 1}; lower '
-                        f'lr (now {cfg.lr:g}), enable grad_clip, or check the labels; resume '
-                        f'from {last_saved or "scratch"}')
-                if flag[0] > 0:
-                    bar.close()
-                    train_time += time.perf_counter() - t0
-                    st = state(epoch, step + 1, sums)
-                    if main:
-                        save_checkpoint(last_path, st)
-                        log.warning('interrupted: saved %s (epoch %d, step %d); continue with '
-                                    '--resume %s', last_path, epoch + 1, step + 1, last_path)
-                    raise KeyboardInterrupt
-            bar.close()
-            epoch_time = time.perf_counter() - t0
-            train_time += epoch_time
-            n = max(1, sums.get('n', 1))
-            row = {'epoch': epoch + 1, 'lr': optimizer.param_groups[0]['lr'],
-                   'epoch_time_s': round(epoch_time, 3),
-                   'images_per_s': round((steps - first) * batch * ddp.world_size
-                                         / max(epoch_time, 1e-9), 2)}
-            for k in ('loss', 'l_x', 'l_q', 's_x', 's_q'):
-                if k in sums:
-                    row[k] = sums[k] / n
-            if ddp.enabled:  # report the mean over ranks
-                vals = torch.tensor([row.get(k, 0.0) for k in ('loss', 'l_x', 'l_q')],
-                                    dtype=torch.float64, device=flag.device)
-                dist.all_reduce(vals)
-                for k, v in zip(('loss', 'l_x', 'l_q'), (vals / ddp.world_size).tolist()):
-                    row[k] = v
-            validate = val_images is not None and (
-                (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs)
-            improved = False
-            if main and validate:
-                t_err, r_err = evaluate_cached(net, val_images, val_p, val_q, pos_mean,
-                                               pos_scale, cfg.crop, device,
-                                               batch_size=2 * batch, amp=use_amp)
-                med_t, med_r = float(np.median(t_err)), float(np.median(r_err))
-                row['val_median_t_m'], row['val_median_r_deg'] = med_t, med_r
-                metric = _metric_of(cfg.best_metric, med_t, med_r)
-                if metric < best['metric']:
-                    improved = True
-                    best = {'epoch': epoch + 1, 'metric': metric, 'median_t': med_t,
-                            'median_r': med_r}
+            sums, done, stopped = train_one_epoch(run, epoch, first, sums, stop, deadline,
+                                                  plan.epochs)
+            train_s = time.perf_counter() - t0
+            st.train_time += train_s
+            if stopped:
+                st.epoch, st.step = epoch, done
+                ck = checkpoint_state(run, st, sums, _budget_state(run, budget))
+                if main:
+                    save_checkpoint(run.last_path, ck)
+                    log.warning('interrupted: saved %s (epoch %d, step %d); continue with '
+                                '--resume %s', run.last_path, epoch + 1, done, run.last_path)
+                raise KeyboardInterrupt
+            cut = done < run.steps  # the time budget ended this epoch early
+            row = _epoch_row(run, epoch, sums, done - first, train_s)
+            completed = epoch + 1
+            can_validate = main and run.val_images is not None
+            measuring = budget is not None and budget.val_s is None
+            improved = validated = False
+            if can_validate and ((completed % cfg.val_every == 0) or completed == plan.epochs
+                                 or cut or measuring):
+                improved, validated = _validate_into(run, st, row, budget), True
+            if budget is not None:
+                if not cut:  # this epoch's cost: training (scaled up if resumed mid-epoch)
+                    budget.add_epoch(train_s * run.steps / max(1, done - first) + budget_save_s)
+                previous = plan.epochs
+                if cut:
+                    plan.epochs = budget.epochs = completed
+                else:
+                    _fit_budget(run, budget, completed)
+                if main and cut:
+                    log.warning('time budget %s: out of time during epoch %d; stopping there',
+                                format_duration(budget.budget_s), completed)
+                elif main and previous is None:
+                    log.info('time budget %s: ~%d epochs of ~%.1f s (+ %.1f s per validation, '
+                             'every %d), ~%.0f s for the export; the schedule runs over %d '
+                             'epochs', format_duration(budget.budget_s), plan.epochs,
+                             budget.epoch_s, budget.val_s or 0.0, cfg.val_every,
+                             budget.finish_s, plan.epochs)
+                elif main and plan.epochs != previous:
+                    log.info('time budget: %s, %d epochs instead of %d (~%.1f s per epoch; the '
+                             'rest of the schedule is spread over the new length)',
+                             'running late' if plan.epochs < previous else 'time to spare',
+                             plan.epochs, previous, budget.epoch_s)
+                if can_validate and not validated and completed == plan.epochs:
+                    improved = _validate_into(run, st, row, budget)  # now the last epoch
             if main:
-                history.append(row)
-                log.info('epoch %d/%d: loss %.4f (l_x %.4f, l_q %.4f)%s, %.1f img/s%s',
-                         epoch + 1, cfg.epochs, row.get('loss', math.nan),
-                         row.get('l_x', math.nan), row.get('l_q', math.nan),
-                         f', s_x {row["s_x"]:.3f} s_q {row["s_q"]:.3f}' if 's_x' in row else '',
-                         row['images_per_s'],
-                         f', val median {row["val_median_t_m"]:.3f} m '
-                         f'{row["val_median_r_deg"]:.2f} deg' + (' (best)' if improved else '')
-                         if 'val_median_t_m' in row else '')
-            st = state(epoch + 1, 0)
+                st.history.append(row)
+            st.epoch, st.step = completed, 0
+            t_save = time.perf_counter()
+            ck = checkpoint_state(run, st, None, _budget_state(run, budget))
             if main:
                 if improved:
-                    save_checkpoint(best_path, st)
-                save_checkpoint(last_path, st)
-                last_saved = last_path
-                _write_metrics(run_dir / 'metrics.csv', history)
-            completed = epoch + 1
+                    save_checkpoint(run.best_path, ck)
+                save_checkpoint(run.last_path, ck)
+                _write_metrics(run_dir / 'metrics.csv', st.history)
+            budget_save_s = time.perf_counter() - t_save
+            if main:
+                _log_epoch(row, plan.epochs, improved)
             # a signal during validation/saving: stop now that last.pt is complete; rank 0's
             # on_epoch_end decides for every rank
-            flag[0] = float(stop['stop'])
-            flag[1] = float(main and on_epoch_end is not None and bool(on_epoch_end(dict(row))))
+            run.flag[0] = float(stop['stop'])
+            run.flag[1] = float(main and on_epoch_end is not None
+                                and bool(on_epoch_end(dict(row))))
             if ddp.enabled:
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if flag[0] > 0 and completed < cfg.epochs:
+                dist.all_reduce(run.flag, op=dist.ReduceOp.MAX)
+            if run.flag[0] > 0 and completed < plan.epochs:
                 if main:
                     log.warning('interrupted: saved %s after epoch %d; continue with --resume '
-                                '%s', last_path, completed, last_path)
+                                '%s', run.last_path, completed, run.last_path)
                 raise KeyboardInterrupt
-            if flag[1] > 0 and completed < cfg.epochs:
+            if run.flag[1] > 0 and completed < plan.epochs:
                 stopped_early = True
                 if main:
                     log.info('stopped after epoch %d by on_epoch_end; continue with --resume %s',
-                             completed, last_path)
+                             completed, run.last_path)
                 break
+            epoch += 1
+    return _finish(run, st, stopped_early, budget)
 
+
+def _finish(run: _Run, st: TrainState, stopped_early: bool, budget: BudgetPlan | None
+            ) -> TrainResult:
+    """Sync ranks, fill the result, export the best (else the last) model, build the map."""
+    cfg, ddp, net = run.cfg, run.ddp, run.net
     if ddp.enabled:
         # DDP keeps parameters in sync; BatchNorm running stats are only broadcast at the next
         # forward, so sync them now: every rank ends with rank 0's (exported) model.
         for buf in net.buffers():
             dist.broadcast(buf, 0)
     net.eval()
-    result = TrainResult(config=cfg, run_dir=run_dir, model=net, rank=ddp.rank,
-                         world_size=ddp.world_size, epochs=completed, train_time_s=train_time,
+    result = TrainResult(config=cfg, run_dir=run.run_dir, model=net, rank=ddp.rank,
+                         world_size=ddp.world_size, epochs=st.epoch, train_time_s=st.train_time,
                          stopped_early=stopped_early,
-                         pos_mean=[float(v) for v in pos_mean], pos_scale=float(pos_scale),
-                         history=history)
-    if not main:
+                         pos_mean=[float(v) for v in run.pos_mean],
+                         pos_scale=float(run.pos_scale), history=st.history,
+                         n_val=len(run.val_samples),
+                         time_budget_s=budget.budget_s if budget else None)
+    if not ddp.main:
         return result
-    result.last_checkpoint = last_path
-    result.best_checkpoint = best_path if best_path.exists() else None
-    result.best_epoch = best['epoch']
-    result.val_median_translation_m = best['median_t']
-    result.val_median_rotation_deg = best['median_r']
-    rates = [r['images_per_s'] for r in history if r.get('images_per_s')]
+    result.last_checkpoint = run.last_path
+    result.best_checkpoint = run.best_path if run.best_path.exists() else None
+    result.selected_on = cfg.val_split if result.best_checkpoint is not None else None
+    result.best_epoch = st.best['epoch']
+    result.val_median_translation_m = st.best['median_t']
+    result.val_median_rotation_deg = st.best['median_r']
+    rates = [r['images_per_s'] for r in st.history if r.get('images_per_s')]
     result.images_per_s = float(np.median(rates)) if rates else None
     if cfg.export:
         export_net = net
@@ -739,8 +1048,12 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
             import copy
 
             export_net = copy.deepcopy(net)
-            export_net.load_state_dict(load_checkpoint(best_path)['model'])
-        _export(cfg, result, export_net, train_samples, val_samples, history)
+            export_net.load_state_dict(load_checkpoint(run.best_path)['model'])
+        t0 = time.perf_counter()
+        _export(cfg, result, export_net, run.train_samples, run.val_samples, st.history)
+        if budget is not None:
+            log.info('export took %.1f s (estimated with the map: %.1f s)',
+                     time.perf_counter() - t0, budget.finish_s)
         if cfg.map:
             from posenet_ros.verify.build import build_map
 
@@ -750,6 +1063,9 @@ def _train(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
             result.map_path = path
             log.info('scene map %s: %d points from %d frames', path, header['stats']['points'],
                      header['stats']['frames'])
+    if budget is not None:
+        log.info('time budget %s: %s used (this process and earlier runs)',
+                 format_duration(budget.budget_s), format_duration(budget.elapsed()))
     return result
 
 
@@ -765,6 +1081,13 @@ def _export(cfg: TrainConfig, result: TrainResult, net: nn.Module, train_samples
         'dataset': str(cfg.dataset), 'dataset_kind': cfg.dataset_kind,
         'train_split': cfg.train_split, 'n_train': len(train_samples),
         'val_split': cfg.val_split, 'n_val': len(val_samples),
+        # the split whose median error chose this model (best.pt); None: no validation, the
+        # last epoch is exported. 'holdout': frames of train_split never trained on.
+        'selected_on': result.selected_on,
+        'holdout': ({'fraction': cfg.val_fraction, 'segment': cfg.val_segment,
+                     'rule': 'every k-th contiguous segment of each sequence'}
+                    if cfg.val_split == 'holdout' else None),
+        'time_budget_s': result.time_budget_s,
         'val_median_translation_m': result.val_median_translation_m,
         'val_median_rotation_deg': result.val_median_rotation_deg,
         'val_evaluated_on': 'centre crops of the cached resized val images (eager model)',
@@ -824,8 +1147,9 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get('RANK', '0'))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format='%(asctime)s %(levelname)s %(message)s', stream=sys.stderr)
+    started_at = time.perf_counter() - process_age_s()  # the budget counts the whole command
     try:
-        result = train(cfg)
+        result = train(cfg, started_at=started_at)
     except KeyboardInterrupt:
         return 130
     if rank == 0:

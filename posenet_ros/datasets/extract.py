@@ -54,7 +54,7 @@ def extract_bag(bag, out_dir, image_topic: str | None = None, pose_topic: str | 
     frames recorded T seconds after the first kept frame in 'test'; neither: all 'train'.
     Returns the :class:`BagStats` (also stored in dataset.json).
     """
-    from tqdm import tqdm
+    from posenet_ros.progress import progress as _progress
 
     if test_every < 0 or (test_after is not None and test_after < 0):
         raise ConfigError('test_every and test_after must be >= 0')
@@ -74,7 +74,7 @@ def extract_bag(bag, out_dir, image_topic: str | None = None, pose_topic: str | 
                     camera_in_base=camera_in_base) as ds:
         img_dir.mkdir(parents=True, exist_ok=True)
         start = None
-        bar = tqdm(ds, desc='extract', unit='frame', disable=not progress, leave=False)
+        bar = _progress(ds, desc='extract', unit='frame', disable=not progress)
         for sample in bar:
             start = sample.stamp if start is None else start
             split = assign_split(len(samples), sample.stamp, start, test_every, test_after)

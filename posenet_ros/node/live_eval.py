@@ -77,14 +77,13 @@ def _restore_env(name: str, value: str | None) -> None:
 
 def _collect_ground_truth(bag, image_topic, pose_topic, tf, max_gap, extractor, progress):
     """Stamps (ns), names, true poses and (optional) NN features of the bag's labelled frames."""
-    from tqdm import tqdm
-
     from posenet_ros.datasets.rosbag_reader import BagDataset
+    from posenet_ros.progress import progress as _progress
 
     stamps, names, pos, quat, feats = [], [], [], [], []
     with BagDataset(bag, image_topic=image_topic, pose_topic=pose_topic, tf=tf,
                     max_gap=max_gap, split='test') as ds:
-        for s in tqdm(ds, desc='ground truth', unit='frame', disable=not progress, leave=False):
+        for s in _progress(ds, desc='ground truth', unit='frame', disable=not progress):
             stamps.append(int(round(s.stamp * 1e9)))
             names.append(s.name)
             pos.append(s.position)

@@ -113,9 +113,9 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 
 
 def _progress(total, desc, show):
-    from tqdm import tqdm
+    from posenet_ros.progress import progress
 
-    return tqdm(total=total, desc=desc, unit='frame', disable=not show, leave=False)
+    return progress(total=total, desc=desc, unit='frame', disable=not show)
 
 
 def _collect_folder(src: Path, images_dir: Path, max_frames) -> FrameSet:

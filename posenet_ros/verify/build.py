@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,21 +81,16 @@ def parse_intrinsics(text: str):
 
 
 class _Steps:
-    """Progress per step: a tqdm bar on a terminal, else one log line when a step ends."""
+    """Progress per step (``posenet_ros.progress``: a tqdm bar on a terminal, else log lines)."""
 
     def __init__(self, show: bool):
         self.show = show
-        self.tty = show and sys.stderr.isatty()
 
     def __call__(self, iterable, desc: str, total: int):
-        from tqdm import tqdm
+        from posenet_ros.progress import progress
 
-        t0 = time.perf_counter()
-        yield from tqdm(iterable, total=total, desc=f'map: {desc}', unit='it',
-                        disable=not self.tty, leave=False)
-        if self.show and not self.tty:
-            print(f'map: {desc}: {total} done in {time.perf_counter() - t0:.1f} s',
-                  file=sys.stderr, flush=True)
+        yield from progress(iterable, total=total, desc=f'map: {desc}', unit='it',
+                            disable=not self.show)
 
 
 def _frame_intrinsics(samples, K_override, source) -> np.ndarray:
