@@ -470,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                                 rate=args.rate, device=args.device,
                                 train_dataset=args.train_dataset,
                                 baselines=not args.no_baselines, nn_features=args.nn_features,
-                                progress=not args.quiet, map_path=args.map_path, **frames)
+                                progress=not args.quiet, map_path=args.map_path)
     else:
         summary = evaluate(args.model, args.out, dataset=args.dataset, split=args.split,
                            bag=args.bag, image_topic=args.image_topic,

@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT / 'scripts'))
 import bench_node_latency as bnl  # noqa: E402  (the shared publisher, summary and process helpers)
 
 TOPIC = bnl.TOPIC
+# The synthetic scene's mount as [x, y, z, qx, qy, qz, qw] (optical frame in base_link).
+CAMERA_IN_BASE = '[0.2, 0.0, 1.0, -0.541675, 0.541675, -0.454519, 0.454519]'
 
 
 def _scene(tmp: Path, width: int, height: int, n_map: int, n_test: int):
@@ -190,6 +192,9 @@ def main(argv=None) -> int:
                 '-p', f'model_path:={model}', '-p', 'device:=cpu',
                 '-p', f'num_threads:={args.threads}', '-p', f'image_topic:={TOPIC}',
                 '-p', f'refine:={refine}', '-p', 'relocalize_timeout:=5.0',
+                # the synthetic scene's mount: ~/relocalize sends a base-frame hint, which
+                # needs the extrinsic (the bench feeds no TF)
+                '-p', f'camera_in_base:={CAMERA_IN_BASE}',
                 '-p', 'tf_mode:=none', '-r', '__ns:=/bench']
 
     topic = '/bench/posenet_relocalizer/pose'
