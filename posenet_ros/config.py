@@ -70,7 +70,8 @@ HELP = {
     'beta': "rotation weight of the 'beta' loss in PoseNet's units (metres; 500 outdoors, "
             '120-750 indoors); with normalize_translation beta / scale is used, same balance',
     's_x_init': "initial s_x of the 'learned' loss",
-    's_q_init': "initial s_q of the 'learned' loss",
+    's_q_init': "initial s_q of the 'learned' loss (-1: positions are normalised to unit RMS "
+                "radius, so rotation needs less weight than the paper's -3 for metres)",
     'loss_lr': "peak learning rate of the 'learned' loss's s_x/s_q (own optimiser group, no "
                'weight decay, same schedule); null: lr',
     'quat_loss': "rotation term: 'sign_invariant' (min(|q_hat - q|, |q_hat + q|)) or 'l2' "
@@ -140,10 +141,10 @@ class TrainConfig:
     loss: str = 'learned'
     beta: float = 500.0
     s_x_init: float = 0.0
-    s_q_init: float = -3.0
+    s_q_init: float = -1.0
     loss_lr: float | None = None
-    quat_loss: str = 'l2'
-    quat_hemisphere: str = 'canonical'
+    quat_loss: str = 'sign_invariant'
+    quat_hemisphere: str = 'reference'
     normalize_translation: bool = True
     # augmentation
     augment: bool = True

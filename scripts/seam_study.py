@@ -62,6 +62,8 @@ VARIANTS = {
                                          's_q_init': -3.0},
     'beta+sign_invariant': {'loss': 'beta', 'quat_loss': 'sign_invariant',
                             'quat_hemisphere': 'canonical', 'loss_lr': None},
+    'beta10+sign_invariant': {'loss': 'beta', 'beta': 10.0, 'quat_loss': 'sign_invariant',
+                              'quat_hemisphere': 'canonical', 'loss_lr': None},
     'beta+both': {'loss': 'beta', 'quat_loss': 'sign_invariant', 'quat_hemisphere': 'reference',
                   'loss_lr': None},
     'beta': {'loss': 'beta', 'quat_loss': 'l2', 'quat_hemisphere': 'canonical',
@@ -113,7 +115,9 @@ def run_one(scene: str, dataset: str, variant: str, seed: int, args, work: Path)
                                        result.pos_scale, cfg.crop, torch.device('cpu'))
     finally:
         torch.set_num_threads(prev)
-    near = np.abs(canonicalize_quaternion(tq)[:, 0]) < SEAM_W
+    abs_w = np.abs(canonicalize_quaternion(tq)[:, 0])
+    near = abs_w < SEAM_W
+    close = abs_w < 0.05  # within ~6 deg of the w = 0 crossing itself
     last = result.history[-1] if result.history else {}
     first = result.history[0] if result.history else {}
     med_near = float(np.median(r_err[near])) if near.any() else float('nan')
@@ -124,6 +128,12 @@ def run_one(scene: str, dataset: str, variant: str, seed: int, args, work: Path)
             'median_r_deg': float(np.median(r_err)), 'near_seam_median_r_deg': med_near,
             'other_median_r_deg': med_other, 'near_over_other': med_near / med_other,
             'n_near_seam': int(near.sum()), 'n_test': len(test),
+            'w_below_0.05_median_r_deg': (float(np.median(r_err[close])) if close.any()
+                                          else float('nan')),
+            'n_w_below_0.05': int(close.sum()),
+            'per_frame': {'abs_w': np.round(abs_w, 4).tolist(),
+                          't_m': np.round(t_err, 4).tolist(),
+                          'r_deg': np.round(r_err, 3).tolist()},
             's_x_first_epoch': first.get('s_x'), 's_q_first_epoch': first.get('s_q'),
             's_x_final': last.get('s_x'), 's_q_final': last.get('s_q'),
             'overrides': VARIANTS[variant]}
@@ -174,10 +184,28 @@ def markdown(report: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def merge(paths, out: Path) -> int:
+    """One report of the runs of several (same recipe, same threads)."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    merged = dict(reports[0])
+    merged['runs'] = [r for rep in reports for r in rep['runs']]
+    for rep in reports[1:]:
+        merged['label_stats'].update(rep['label_stats'])
+    merged['runs'].sort(key=lambda r: (r['scene'], list(VARIANTS).index(r['variant'])
+                                       if r['variant'] in VARIANTS else 99, r['seed']))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix('.json').write_text(json.dumps(json_safe(merged), indent=1))
+    out.with_suffix('.md').write_text(markdown(merged))
+    print(markdown(merged))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    ap.add_argument('--scene', action='append', required=True, metavar='NAME=DATASET',
+    ap.add_argument('--scene', action='append', metavar='NAME=DATASET',
                     help='a scene to train and test on (repeatable)')
+    ap.add_argument('--merge', nargs='+', metavar='JSON',
+                    help='instead of training: merge earlier reports into --out')
     ap.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument('--seeds', nargs='+', type=int, default=[0])
     ap.add_argument('--config', default=str(ROOT / 'config' / 'train_demo_cpu.yaml'))
@@ -187,6 +215,10 @@ def main(argv=None) -> int:
     ap.add_argument('--out', default=str(ROOT / 'bench_results' / 'seam_study'),
                     help='output stem (.json and .md are written)')
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.out))
+    if not args.scene:
+        ap.error('give at least one --scene NAME=DATASET (or --merge)')
     logging.basicConfig(level=logging.WARNING, format='%(asctime)s %(message)s')
     scenes = dict(s.split('=', 1) for s in args.scene)
     work = Path(args.work)
