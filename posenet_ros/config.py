@@ -22,13 +22,16 @@ from posenet_ros.errors import ConfigError
 
 __all__ = [
     'TrainConfig', 'load_config', 'config_keys', 'OPTIMIZERS', 'SCHEDULES', 'LOSSES',
-    'BEST_METRICS', 'RESUME_MAY_DIFFER', 'HELP', 'dump_yaml',
+    'BEST_METRICS', 'RESUME_MAY_DIFFER', 'HELP', 'dump_yaml', 'QUAT_LOSSES', 'QUAT_HEMISPHERES',
+    'RESUME_LEGACY', 'resume_defaults',
 ]
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('cosine', 'step', 'none')
 LOSSES = ('learned', 'beta')
 BEST_METRICS = ('translation', 'rotation')
+QUAT_LOSSES = ('sign_invariant', 'l2')
+QUAT_HEMISPHERES = ('reference', 'canonical')
 
 #: Keys that may differ between a checkpoint and the run that resumes it (they do not change
 #: the training trajectory, or - ``epochs`` - extend it). Every other key must match.
@@ -37,6 +40,16 @@ RESUME_MAY_DIFFER = frozenset({
     'cache_dir', 'progress', 'num_threads', 'device', 'val_every', 'map_frame', 'camera_frame',
     'dataset', 'time_budget',
 })
+
+#: Values of keys added after checkpoints were first written, as those older runs trained
+#: (a checkpoint without the key ran this way, not with today's default).
+RESUME_LEGACY = {'quat_loss': 'l2', 'quat_hemisphere': 'canonical', 'loss_lr': None}
+
+
+def resume_defaults() -> dict:
+    """The config a checkpoint missing a key ran with: defaults, then :data:`RESUME_LEGACY`."""
+    return {**TrainConfig().to_dict(), **RESUME_LEGACY}
+
 
 #: One-line help of every key (CLI ``--help`` and ``config/train_default.yaml``).
 HELP = {
@@ -62,7 +75,15 @@ HELP = {
     'beta': "rotation weight of the 'beta' loss in PoseNet's units (metres; 500 outdoors, "
             '120-750 indoors); with normalize_translation beta / scale is used, same balance',
     's_x_init': "initial s_x of the 'learned' loss",
-    's_q_init': "initial s_q of the 'learned' loss",
+    's_q_init': "initial s_q of the 'learned' loss (-1: positions are normalised to unit RMS "
+                "radius, so rotation needs less weight than the paper's -3 for metres)",
+    'loss_lr': "peak learning rate of the 'learned' loss's s_x/s_q (own optimiser group, no "
+               'weight decay, same schedule); null: lr',
+    'quat_loss': "rotation term: 'sign_invariant' (min(|q_hat - q|, |q_hat + q|)) or 'l2' "
+                 '(|q_hat - q|, PoseNet)',
+    'quat_hemisphere': "sign of the rotation labels: 'reference' (hemisphere of the training "
+                       "labels' mean rotation, stored in the export metadata) or 'canonical' "
+                       '(w >= 0, which has a seam where views cross w = 0)',
     'normalize_translation': 'train on (position - mean) / scale of the training split '
                              '(the export de-normalises)',
     'augment': 'random crops and colour jitter when training (off: centre crops)',
@@ -129,7 +150,10 @@ class TrainConfig:
     loss: str = 'learned'
     beta: float = 500.0
     s_x_init: float = 0.0
-    s_q_init: float = -3.0
+    s_q_init: float = -1.0
+    loss_lr: float | None = None
+    quat_loss: str = 'sign_invariant'
+    quat_hemisphere: str = 'reference'
     normalize_translation: bool = True
     # augmentation
     augment: bool = True
@@ -193,6 +217,8 @@ class TrainConfig:
 
         choice('backbone', BACKBONES)
         choice('loss', LOSSES)
+        choice('quat_loss', QUAT_LOSSES)
+        choice('quat_hemisphere', QUAT_HEMISPHERES)
         choice('optimizer', OPTIMIZERS)
         choice('schedule', SCHEDULES)
         choice('best_metric', BEST_METRICS)
@@ -206,6 +232,8 @@ class TrainConfig:
         for key in ('lr', 'beta'):
             if not getattr(self, key) > 0:
                 bad(key, 'must be > 0')
+        if self.loss_lr is not None and not (math.isfinite(self.loss_lr) and self.loss_lr > 0):
+            bad('loss_lr', 'must be > 0 and finite, or null (same as lr)')
         for key in ('weight_decay', 'grad_clip', 'warmup_epochs', 'num_threads'):
             if getattr(self, key) < 0:
                 bad(key, 'must be >= 0')

@@ -10,7 +10,11 @@ z forward, x right, y down) into the map frame::
 * ``position`` (3,)     = ``t_map_cam`` = the camera centre in the map frame, in metres.
 * ``quaternion`` (4,)   = ``R_map_cam`` (camera-to-map rotation) as a unit quaternion in
   **wxyz** order (transforms3d's order). Canonical form has ``w >= 0`` (q and -q are the same
-  rotation; labels are canonicalised so the network never sees both).
+  rotation). Outputs (exports, ROS messages) are canonical. Training targets are not
+  necessarily: camera-optical orientations in a z-up map cross ``w = 0`` at some headings, so
+  canonical labels of neighbouring views can be ``q`` and ``-q``. The trainer therefore puts
+  labels in the hemisphere of a per-scene reference rotation (:func:`mean_quaternion`,
+  :func:`to_hemisphere`) and/or uses a sign-invariant loss (``posenet_ros.losses``).
 * ROS messages (``geometry_msgs/Quaternion``) are **xyzw**. Convert only at the ROS boundary with
   :func:`wxyz_to_xyzw` / :func:`xyzw_to_wxyz`; everything inside the core is wxyz.
 
@@ -28,7 +32,7 @@ __all__ = [
     'normalize_quaternion', 'canonicalize_quaternion', 'wxyz_to_xyzw', 'xyzw_to_wxyz',
     'quat_to_matrix', 'matrix_to_quat', 'pose_to_matrix', 'matrix_to_pose', 'compose',
     'invert', 'transform_points', 'slerp', 'interpolate_pose', 'translation_error',
-    'rotation_error_deg',
+    'rotation_error_deg', 'mean_quaternion', 'to_hemisphere',
 ]
 
 
@@ -45,6 +49,32 @@ def canonicalize_quaternion(q: np.ndarray) -> np.ndarray:
     """Normalise ``q`` (..., 4, wxyz) and flip it to the hemisphere ``w >= 0``."""
     q = normalize_quaternion(q)
     sign = np.where(q[..., :1] < 0, -1.0, 1.0)
+    return q * sign
+
+
+def mean_quaternion(q: np.ndarray) -> np.ndarray:
+    """Chordal mean rotation of wxyz quaternions ``q`` (N, 4), canonical (w >= 0) unit (4,).
+
+    Markley et al. 2007: the top eigenvector of ``sum q q^T``, which ignores the sign of each
+    quaternion (q and -q contribute the same outer product).
+    """
+    q = normalize_quaternion(np.asarray(q, dtype=np.float64).reshape(-1, 4))
+    if len(q) == 0:
+        raise InvalidPoseError('mean_quaternion needs at least one quaternion')
+    _, vecs = np.linalg.eigh(q.T @ q)  # eigenvalues ascending: the last vector is the top one
+    return canonicalize_quaternion(vecs[:, -1])
+
+
+def to_hemisphere(q: np.ndarray, q_ref: np.ndarray) -> np.ndarray:
+    """Normalise ``q`` (..., 4, wxyz) and flip each one to ``<q, q_ref> >= 0``.
+
+    Every rotation is unchanged (q and -q are the same rotation); only the sign is chosen so
+    that all quaternions lie in the hemisphere of ``q_ref``. A rotation 180 deg from ``q_ref``
+    sits on that hemisphere's boundary, far from a scene's typical views.
+    """
+    q = normalize_quaternion(q)
+    ref = normalize_quaternion(np.asarray(q_ref, dtype=np.float64).reshape(4))
+    sign = np.where(np.sum(q * ref, axis=-1, keepdims=True) < 0, -1.0, 1.0)
     return q * sign
 
 

@@ -71,6 +71,7 @@ from posenet_ros.config import (
     config_keys,
     dump_yaml,
     load_config,
+    resume_defaults,
 )
 from posenet_ros.errors import (
     CheckpointError,
@@ -305,17 +306,29 @@ def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int, plan: _SchedulePlan | Non
 
 
 def _build_optimizer(cfg: TrainConfig, net: nn.Module, loss: nn.Module):
-    # No weight decay on the learned loss weights s_x/s_q: decay would pull them towards 0.
+    # The learned loss weights s_x/s_q get their own group: no weight decay (it would pull them
+    # towards 0) and their own lr (Adam moves a parameter by about lr per step, so with the
+    # network's lr they could barely leave their start values).
     groups = [{'params': [p for p in net.parameters() if p.requires_grad],
                'weight_decay': cfg.weight_decay}]
     loss_params = [p for p in loss.parameters() if p.requires_grad]
     if loss_params:
-        groups.append({'params': loss_params, 'weight_decay': 0.0})
+        groups.append({'params': loss_params, 'weight_decay': 0.0,
+                       'lr': cfg.lr if cfg.loss_lr is None else cfg.loss_lr})
     if cfg.optimizer == 'adam':
         return torch.optim.Adam(groups, lr=cfg.lr)
     if cfg.optimizer == 'adamw':
         return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def _quat_reference(cfg: TrainConfig, train_samples) -> np.ndarray | None:
+    """Reference rotation (wxyz) whose hemisphere the labels are put in, or None (canonical)."""
+    if cfg.quat_hemisphere != 'reference':
+        return None
+    from posenet_ros.geometry import mean_quaternion
+
+    return mean_quaternion(np.stack([s.quaternion for s in train_samples]))
 
 
 def _rng_state(aug_gen: torch.Generator) -> dict:
@@ -750,6 +763,12 @@ def _setup(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
     fingerprint = _labels_fingerprint(train_samples)
     positions = np.stack([s.position for s in train_samples])
     quats = np.stack([s.quaternion for s in train_samples])
+    # Labels are canonical (w >= 0), which has a seam where views cross w = 0; 'reference' puts
+    # them in the hemisphere of the training labels' mean rotation (the loss flips them).
+    quat_ref = _quat_reference(cfg, train_samples)
+    if main and quat_ref is not None:
+        log.info('rotation labels in the hemisphere of their mean rotation %s (wxyz)',
+                 np.round(quat_ref, 4).tolist())
     if ckpt is not None:
         if ckpt.get('train_fingerprint') != fingerprint:
             raise CheckpointError(
@@ -784,7 +803,8 @@ def _setup(cfg: TrainConfig, ddp: _Dist, device: torch.device, run_dir: Path,
     net = build_posenet(cfg.backbone, cfg.pretrained, cfg.dropout).to(device)
     # beta is in the paper's units (metres vs quaternion); on positions divided by pos_scale
     # the same balance needs beta / pos_scale.
-    loss_fn = build_loss(cfg.loss, cfg.beta / pos_scale, cfg.s_x_init, cfg.s_q_init).to(device)
+    loss_fn = build_loss(cfg.loss, cfg.beta / pos_scale, cfg.s_x_init, cfg.s_q_init,
+                         quat_loss=cfg.quat_loss, quat_ref=quat_ref).to(device)
     step_module: nn.Module = _TrainStep(net, loss_fn)
     optimizer = _build_optimizer(cfg, net, loss_fn)
     sampler = DistributedSampler(range(len(train_samples)), num_replicas=ddp.world_size,
@@ -833,7 +853,7 @@ def _read_resume(cfg: TrainConfig, run_dir: Path, main: bool) -> dict | None:
     resume_path = last_path if cfg.resume == 'auto' else Path(cfg.resume)
     ckpt = load_checkpoint(resume_path)
     # a key missing from an older checkpoint did not exist yet: it ran with the default
-    for key, value in TrainConfig().to_dict().items():
+    for key, value in resume_defaults().items():
         ckpt.setdefault('config', {}).setdefault(key, value)
     check_resumable(ckpt, cfg.to_dict(), resume_path, RESUME_MAY_DIFFER)
     if ckpt['config'].get('epochs') != cfg.epochs and main and not cfg.time_budget:
@@ -1094,7 +1114,11 @@ def _export(cfg: TrainConfig, result: TrainResult, net: nn.Module, train_samples
         'final_train_loss': last.get('loss'), 'train_time_s': round(result.train_time_s, 2),
         'images_per_s': result.images_per_s, 'world_size': result.world_size,
         'loss': cfg.loss, 's_x': last.get('s_x'), 's_q': last.get('s_q'),
+        'quat_loss': cfg.quat_loss, 'quat_hemisphere': cfg.quat_hemisphere,
     }
+    quat_ref = _quat_reference(cfg, train_samples)  # the reference the loss used (same labels)
+    if quat_ref is not None:
+        training['quat_reference_wxyz'] = [round(float(v), 8) for v in quat_ref]
     out = export_model(net, out_dir=cfg.export_dir, name=cfg.name, resize=cfg.resize,
                        crop=cfg.crop, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                        pos_mean=result.pos_mean, pos_scale=result.pos_scale,
