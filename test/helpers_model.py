@@ -77,3 +77,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def train_small_scene_model(root: Path, dataset, epochs: int, build_map: bool = False):
+    """Train the CPU demo recipe at 64/56 px on ``dataset`` (1 thread); returns the TrainResult.
+
+    The trained-and-exported model the node tests replay bags through (``root/models/scene.ts``).
+    """
+    from posenet_ros.config import load_config
+    from posenet_ros.train import train
+
+    demo = Path(__file__).resolve().parents[1] / 'config' / 'train_demo_cpu.yaml'
+    cfg = load_config(demo, {
+        'dataset': str(dataset), 'run_dir': str(root / 'run'), 'name': 'scene',
+        'export_dir': str(root / 'models'), 'epochs': epochs, 'resize': 64, 'crop': 56,
+        'num_threads': 1, 'export_pt2': False, 'progress': False, 'val_every': 100,
+        'cache_dir': str(root / 'cache'), 'map': build_map})
+    return train(cfg)

@@ -40,8 +40,9 @@ pytest.importorskip('tf2_msgs.msg', reason='tf2_msgs is not built into this envi
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped  # noqa: E402
+from helpers_model import train_small_scene_model  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_helpers import CONFIG, RosSession  # noqa: E402
+from ros_helpers import RosSession  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
@@ -87,20 +88,13 @@ def scene(tmp_path_factory):
     import torch
     from rosbags.highlevel import AnyReader
 
-    from posenet_ros.config import load_config
     from posenet_ros.synthetic import T_BASE_CAM, SceneConfig, write_bag, write_dataset
-    from posenet_ros.train import train
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp('node_tf_tree')
     cfg = SceneConfig(seed=0, width=160, height=120, fx=138.5, n_train=N_TRAIN, n_test=N_TEST)
     ds = write_dataset(root / 'dataset', cfg, progress=False)
-    tcfg = load_config(CONFIG.parents[0] / 'train_demo_cpu.yaml', {
-        'dataset': str(ds), 'run_dir': str(root / 'run'), 'name': 'scene',
-        'export_dir': str(root / 'models'), 'epochs': 30, 'resize': 64, 'crop': 56,
-        'num_threads': 1, 'export_pt2': False, 'progress': False, 'val_every': 100,
-        'cache_dir': str(root / 'cache'), 'map': False})
-    model = train(tcfg).export_ts
+    model = train_small_scene_model(root, ds, epochs=30).export_ts
     bag = write_bag(root / 'bag', cfg, progress=False)
     truth = {'cam': {}, 'base': {}, 'map_odom': {}, 'odom_base': {}}
     with AnyReader([bag]) as reader:

@@ -23,8 +23,9 @@ pytest.importorskip('tf2_msgs.msg', reason='tf2_msgs is not built into this envi
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped  # noqa: E402
+from helpers_model import train_small_scene_model  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_helpers import CONFIG, RosSession, failed_starts  # noqa: E402
+from ros_helpers import RosSession, failed_starts  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
@@ -46,22 +47,15 @@ def scene(tmp_path_factory):
     """Rendered dataset, a briefly trained export and its map; the test frames with truth."""
     import torch
 
-    from posenet_ros.config import load_config
     from posenet_ros.datasets import load_dataset, load_image
     from posenet_ros.synthetic import SceneConfig, make_scene, render, write_bag, write_dataset
-    from posenet_ros.train import train
     from posenet_ros.verify.mapfile import default_map_path
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp('node_verify')
     cfg = SceneConfig(seed=0, n_train=N_TRAIN, n_test=N_TEST)
     ds = write_dataset(root / 'dataset', cfg, progress=False)
-    tcfg = load_config(CONFIG.parents[0] / 'train_demo_cpu.yaml', {
-        'dataset': str(ds), 'run_dir': str(root / 'run'), 'name': 'scene',
-        'export_dir': str(root / 'models'), 'epochs': 4, 'resize': 64, 'crop': 56,
-        'num_threads': 1, 'export_pt2': False, 'progress': False, 'val_every': 100,
-        'cache_dir': str(root / 'cache'), 'map': True})
-    result = train(tcfg)
+    result = train_small_scene_model(root, ds, epochs=4, build_map=True)
     model = result.export_ts
     assert default_map_path(model).is_file()
     test = load_dataset(ds, 'test')
