@@ -37,9 +37,12 @@ pytestmark = [pytest.mark.ros]
 NODE_NAME = 'posenet_relocalizer'
 N_TRAIN, N_TEST = 80, 12
 CAMERA_IN_BASE = [0.1, 0.0, 0.2, -0.5, 0.5, -0.5, 0.5]  # optical frame on a REP 103 base
-# A verified pose farther than this from the truth is wrong (issue 12's definition); verified
-# poses measured here were a few millimetres off.
-WRONG_M, WRONG_DEG = 0.05, 1.0
+# Verified poses of this briefly trained model are mostly millimetres off; one test frame,
+# verified with 38 inliers, is 6.7 cm / 0.7 deg off with a published sigma of 2.3 cm (2.9 sigma).
+# So: every verified pose within these (a tight bound, 5x below issue 12's 0.25 m / 2 deg
+# definition of a wrong pose) and within 5 sigma of its own covariance; the median far below.
+WRONG_M, WRONG_DEG = 0.10, 1.0
+MEDIAN_M = 0.03
 
 
 @pytest.fixture(scope='module')
@@ -277,11 +280,16 @@ def test_continuous_mode_publishes_verified_poses_and_keeps_the_coarse_rate(sess
     verified = [(i, c.verified[k]) for i, k in enumerate(keys) if k in c.verified]
     print(f'continuous: {len(verified)}/{len(keys)} frames verified')
     assert len(verified) >= len(keys) // 2, nodes['cont'].tail(20)
+    t_errs = []
     for i, msg in verified:
         t_err, r_err = _pose_error(*_msg_pose(msg.pose.pose), scene['truth'][i])
         assert t_err < WRONG_M and r_err < WRONG_DEG, (i, t_err, r_err)
         cov = np.asarray(msg.pose.covariance).reshape(6, 6)
         assert np.all(np.linalg.eigvalsh(0.5 * (cov + cov.T)) > 0)
+        sigma = float(np.sqrt(np.trace(cov[:3, :3])))
+        assert t_err < 5 * sigma, (i, t_err, sigma)  # the covariance is honest
+        t_errs.append(t_err)
+    assert np.median(t_errs) < MEDIAN_M, t_errs
     d = c.diag(lambda d: 'verification_rate' in d)
     assert d['refine'] == 'continuous' and d['intrinsics_source'] == 'map'
     assert d['camera_info_received'] == '0'
@@ -326,7 +334,7 @@ def test_live_evaluation_scores_the_nodes_verified_poses(scene, tmp_path, capsys
     assert set(summary['methods']) == {'posenet_live', 'refined_live'}
     assert ver['n_frames'] == N_TEST and ver['n_verified'] >= N_TEST // 2
     assert ver['n_wrong_verified'] == 0
-    assert ver['verified_median_t_m'] < WRONG_M
+    assert ver['verified_median_t_m'] < MEDIAN_M
     assert ver['node_diagnostics']['intrinsics_source'] == 'camera_info'
     assert float(ver['ms']['total']['p50']) > 0
     assert 'Verification against the scene map' in (out / 'summary.md').read_text()
