@@ -152,8 +152,8 @@ class TrainConfig:
     s_x_init: float = 0.0
     s_q_init: float = -1.0
     loss_lr: float | None = None
-    quat_loss: str = 'sign_invariant'
-    quat_hemisphere: str = 'reference'
+    quat_loss: str = 'l2'
+    quat_hemisphere: str = 'canonical'
     normalize_translation: bool = True
     # augmentation
     augment: bool = True
