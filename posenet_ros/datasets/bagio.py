@@ -23,6 +23,7 @@ import numpy as np
 from posenet_ros.datasets.types import intrinsics_matrix
 from posenet_ros.errors import BagError
 from posenet_ros.geometry import compose, invert, pose_to_matrix, xyzw_to_wxyz
+from posenet_ros.tf_tree import tree_path
 
 __all__ = ['IMAGE_TYPES', 'POSE_TYPES', 'TF_TYPE', 'CAMERA_INFO_TYPE', 'STORAGE_SUFFIXES',
            'is_bag', 'resolve_bag', 'storage_files', 'open_reader', 'iter_messages',
@@ -301,25 +302,19 @@ def static_edges(reader, bag) -> dict[str, tuple[str, np.ndarray]]:
 
 def static_transform(edges: dict, parent: str, child: str):
     """``(T_parent_child, 'a->b->c')`` composed from static edges, or None when unconnected."""
-    def up(frame):
-        chain = [frame]
-        while chain[-1] in edges and len(chain) <= len(edges):
-            chain.append(edges[chain[-1]][0])
-        return chain
-
-    up_p, up_c = up(parent), up(child)
-    common = next((f for f in up_p if f in up_c), None)
-    if common is None:
+    try:
+        path = tree_path({c: p for c, (p, _) in edges.items()}, parent, child)
+    except ValueError as exc:
+        raise BagError(f'/tf_static: {exc}') from None
+    if path is None:
         return None
     T = np.eye(4)
-    path = [parent]
-    for f in up_p[:up_p.index(common)]:  # parent up to the common ancestor: inverted edges
-        T = compose(T, invert(edges[f][1]))
-        path.append(edges[f][0])
-    for f in reversed(up_c[:up_c.index(common)]):  # common ancestor down to child
-        T = compose(T, edges[f][1])
-        path.append(f)
-    return T, '->'.join(path)
+    names = [parent]
+    for f, inverted in path:  # up to the common ancestor inverted, then down to the child
+        p, T_pf = edges[f]
+        T = compose(T, invert(T_pf) if inverted else T_pf)
+        names.append(p if inverted else f)
+    return T, '->'.join(names)
 
 
 def parse_camera_in_base(values) -> np.ndarray:

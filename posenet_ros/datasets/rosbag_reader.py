@@ -56,6 +56,7 @@ from posenet_ros.geometry import (
     pose_to_matrix,
     xyzw_to_wxyz,
 )
+from posenet_ros.tf_tree import tree_path
 
 __all__ = ['BagStats', 'BagDataset', 'read_bag', 'is_bag', 'IMAGE_TYPES', 'POSE_TYPES',
            'TF_TYPE', 'CAMERA_INFO_TYPE']
@@ -337,26 +338,18 @@ class BagDataset:
                 edge['qs'].append(xyzw_to_wxyz(np.array([r.x, r.y, r.z, r.w])))
         frames = sorted(set(edges) | {e['parent'] for e in edges.values()})
 
-        def ancestors(frame):
-            chain = [frame]
-            while chain[-1] in edges:
-                chain.append(edges[chain[-1]]['parent'])
-                if len(chain) > 1000:
-                    raise BagError(f'TF in {self.path} has a cycle through {frame!r}')
-            return chain
-
         for f in (map_frame, cam_frame):
             if f not in frames:
                 raise BagError(f'frame {f!r} is not in the TF data of {self.path}; frames '
                                f'present: {", ".join(frames) or "none"}')
-        up_cam, up_map = ancestors(cam_frame), ancestors(map_frame)
-        common = next((f for f in up_map if f in up_cam), None)
-        if common is None:
+        # T_map_cam: map up to the common ancestor (inverted edges), then down to the camera.
+        try:
+            chain = tree_path({c: e['parent'] for c, e in edges.items()}, map_frame, cam_frame)
+        except ValueError as exc:
+            raise BagError(f'TF in {self.path}: {exc}') from None
+        if chain is None:
             raise BagError(f'frames {map_frame!r} and {cam_frame!r} are not connected in the TF '
                            f'tree of {self.path}; frames present: {", ".join(frames)}')
-        # T_map_cam = inv(T_common_map) @ T_common_cam. Edges stored as T_parent_child.
-        chain = [(c, True) for c in up_map[:up_map.index(common)]]  # walk map up: inverted
-        chain += [(c, False) for c in reversed(up_cam[:up_cam.index(common)])]
         series, spans, n = [], [], 0
         for child, inverted in chain:
             e = edges[child]

@@ -24,6 +24,7 @@ import time as _time
 import numpy as np
 
 from posenet_ros import geometry
+from posenet_ros.tf_tree import tree_path
 
 __all__ = ['TfBuffer', 'TfListener', 'LookupException', 'ExtrapolationException']
 
@@ -93,40 +94,29 @@ class TfBuffer:
                      self._keep_ns)
             self._cond.notify_all()
 
-    def frames(self) -> set[str]:
-        """Every frame named so far."""
-        with self._cond:
-            return set(self._edges) | {e.parent for e in self._edges.values()}
-
-    def _ancestors(self, frame: str) -> list[str]:
-        chain = [frame]
-        while chain[-1] in self._edges and len(chain) < 100:
-            chain.append(self._edges[chain[-1]].parent)
-        return chain
-
     def matrix(self, target: str, source: str, t_ns: int) -> np.ndarray:
         """``T_target_source`` (4x4) at ``t_ns`` (0 = latest) from what is buffered now."""
         target, source = target.lstrip('/'), source.lstrip('/')
         with self._cond:
-            known = set(self._edges) | {e.parent for e in self._edges.values()}
+            parent_of = {c: e.parent for c, e in self._edges.items()}
+            known = set(parent_of) | set(parent_of.values())
             for f in (target, source):
                 if f not in known:
                     raise LookupException(f'frame {f!r} is not in TF (known: '
                                           f'{", ".join(sorted(known)) or "none"})')
-            up_s, up_t = self._ancestors(source), self._ancestors(target)
-            common = next((f for f in up_t if f in up_s), None)
-            if common is None:
+            try:
+                path = tree_path(parent_of, target, source)
+            except ValueError as exc:
+                raise LookupException(str(exc)) from None
+            if path is None:
                 raise LookupException(f'frames {target!r} and {source!r} are not connected in '
                                       'TF')
-
-            def to_common(up):  # T_common_frame
-                m = np.eye(4)
-                for child in reversed(up[:up.index(common)]):
-                    p, q = self._edges[child].at(t_ns)
-                    m = m @ geometry.pose_to_matrix(p, q)
-                return m
-
-            return geometry.invert(to_common(up_t)) @ to_common(up_s)
+            m = np.eye(4)
+            for child, inverted in path:
+                p, q = self._edges[child].at(t_ns)
+                edge = geometry.pose_to_matrix(p, q)
+                m = m @ (geometry.invert(edge) if inverted else edge)
+            return m
 
     def lookup_transform(self, target: str, source: str, time, timeout=None):
         """tf2_ros's call: a ``TransformStamped`` of ``T_target_source`` at ``time``.
