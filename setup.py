@@ -35,7 +35,7 @@ setup(
     entry_points={
         'console_scripts': [
             'posenet-ros = posenet_ros.cli:main',
-            'relocalize_node = posenet_ros.node.relocalize_node:main',
+            'relocalize_node = posenet_ros.ros.relocalize_node:main',
         ],
     },
 )

@@ -9,21 +9,21 @@ from __future__ import annotations
 import importlib
 import sys
 
-from posenet_ros.errors import PoseNetError
+from posenet_ros.core.errors import PoseNetError
 
 # name -> (module, help). Each module exposes ``main(argv: list[str] | None) -> int``.
 COMMANDS = {
-    'train': ('posenet_ros.train', 'train a PoseNet on a dataset and export it'),
-    'synth': ('posenet_ros.synthetic', 'render the synthetic scene (dataset folder + rosbag2)'),
+    'train': ('posenet_ros.training.train', 'train a PoseNet on a dataset and export it'),
+    'synth': ('posenet_ros.tools.synthetic', 'render the synthetic scene (dataset + rosbag2)'),
     'extract-bag': ('posenet_ros.datasets.extract', 'turn a rosbag2 into a dataset folder'),
     'bag-salvage': ('posenet_ros.datasets.salvage', 'copy the readable messages of a damaged bag'),
     'map': ('posenet_ros.verify.build', 'build the scene map that verifies/refines poses'),
-    'evaluate': ('posenet_ros.evaluate', 'evaluate an exported model on a dataset or a bag'),
-    'replay': ('posenet_ros.node.replay', 'publish a bag onto live ROS topics'),
-    'predict': ('posenet_ros.relocalizer', 'predict the pose of image files with an export'),
-    'quantize': ('posenet_ros.quantize', 'write an int8 CPU version of an export (calibrated)'),
-    'demo': ('posenet_ros.demo', 'run the whole pipeline on the synthetic scene'),
-    'study': ('posenet_ros.studies', "run one of the paper's experiments (robustness, ...)"),
+    'evaluate': ('posenet_ros.evaluation.evaluate', 'evaluate an export on a dataset or a bag'),
+    'replay': ('posenet_ros.ros.replay', 'publish a bag onto live ROS topics'),
+    'predict': ('posenet_ros.model.relocalizer', 'predict the pose of image files with an export'),
+    'quantize': ('posenet_ros.model.quantize', 'write a calibrated int8 CPU export'),
+    'demo': ('posenet_ros.tools.demo', 'run the whole pipeline on the synthetic scene'),
+    'study': ('posenet_ros.tools.studies', "run one of the paper's experiments (robustness, ...)"),
     'label': ('posenet_ros.sfm.label', 'label images/video/bag frames with structure from motion'),
     'import-sfm': ('posenet_ros.sfm.importers', 'turn a COLMAP/NVM reconstruction into a dataset'),
 }

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posenet_ros.errors import PoseNetError
-from posenet_ros.export import ExportedPoseNet, export_model, load_file
-from posenet_ros.model import BACKBONES, build_posenet
-from posenet_ros.relocalizer import resolve_device
+from posenet_ros.core.errors import PoseNetError
+from posenet_ros.model.export import ExportedPoseNet, export_model, load_file
+from posenet_ros.model.network import BACKBONES, build_posenet
+from posenet_ros.model.relocalizer import resolve_device
 
 
 def _time_runs(fns: dict, x: torch.Tensor, warmup: int, runs: int) -> dict[str, list[float]]:
@@ -64,7 +64,7 @@ def _stats(times: list[float]) -> dict:
 
 def _int8(ts_path: Path, size: int) -> tuple[object | None, dict]:
     """The int8 export of ``ts_path`` (loaded), or None and the reason it failed."""
-    from posenet_ros.quantize import quantize_export
+    from posenet_ros.model.quantize import quantize_export
 
     calib = list(np.random.default_rng(0).integers(0, 256, (16, size, size, 3), dtype=np.uint8))
     t0 = time.perf_counter()

@@ -3,7 +3,7 @@
 
 Publishes rendered 640x480 rgb8 frames at 30 Hz (stamp = send time) and measures, for every pose
 that comes back, ``receipt time - image stamp``. First the real node
-(``posenet_ros.node.relocalize_node``) with the fp32 TorchScript export, then the same node with
+(``posenet_ros.ros.relocalize_node``) with the fp32 TorchScript export, then the same node with
 its int8 CPU export (``posenet-ros quantize``, calibrated on the benchmark frames), then
 ``scripts/naive_node.py`` (cv_bridge-style conversion, PIL transforms, eager fp32 model in the
 callback, queue depth 10) with the same weights, each in its own process and on the same CPU
@@ -56,8 +56,8 @@ def _env(domain: int, log_dir: str, shm: bool) -> dict:
 def _export_model(out_dir: Path, backbone: str, crop: int) -> Path:
     import torch
 
-    from posenet_ros.export import export_model
-    from posenet_ros.model import build_posenet
+    from posenet_ros.model.export import export_model
+    from posenet_ros.model.network import build_posenet
     torch.manual_seed(0)
     net = build_posenet(backbone).eval()
     return export_model(net, out_dir=out_dir, name=f'bench_{backbone}', resize=crop * 8 // 7,
@@ -65,7 +65,7 @@ def _export_model(out_dir: Path, backbone: str, crop: int) -> Path:
 
 
 def _frames(width: int, height: int, n: int = 6) -> list[np.ndarray]:
-    from posenet_ros.synthetic import camera_matrix, make_scene, render, trajectory
+    from posenet_ros.tools.synthetic import camera_matrix, make_scene, render, trajectory
     scene = make_scene(seed=0)
     K = camera_matrix(width, height, width * 0.85)
     return [render(scene, p, q, K, width, height) for p, q in trajectory('test', n=n)]
@@ -189,7 +189,7 @@ def model_only(model: Path, frames: list[np.ndarray], threads: int, n: int = 40,
     """``Relocalizer.predict`` alone on the same frames (the floor under any node's latency)."""
     import torch
 
-    from posenet_ros.relocalizer import Relocalizer
+    from posenet_ros.model.relocalizer import Relocalizer
     torch.set_num_threads(threads)
     reloc = Relocalizer(model, device, 3, warmup_size=frames[0].shape[:2])
     ms = []
@@ -252,8 +252,8 @@ def main(argv=None) -> int:
                     help='busy single-threaded processes running beside the nodes (default 0)')
     ap.add_argument('--json', help='write the results here')
     args = ap.parse_args(argv)
-    from posenet_ros.errors import DeviceUnavailableError
-    from posenet_ros.relocalizer import resolve_device
+    from posenet_ros.core.errors import DeviceUnavailableError
+    from posenet_ros.model.relocalizer import resolve_device
     try:
         resolve_device(args.device)  # fail before exporting anything
     except DeviceUnavailableError as exc:
@@ -274,7 +274,7 @@ def main(argv=None) -> int:
           flush=True)
     int8 = None
     if not args.no_int8 and args.device == 'cpu':
-        from posenet_ros.quantize import quantize_export
+        from posenet_ros.model.quantize import quantize_export
         int8 = quantize_export(model, frames, tmp / f'{model.stem}.int8.ts').path
         results['model_only_int8'] = model_only(int8, frames, args.threads)
         print(f'int8 model only: {json.dumps(results["model_only_int8"])}', flush=True)
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
                              loadavg_start=os.getloadavg())
 
     def node_cmd(path, dev=args.device):
-        return [sys.executable, '-m', 'posenet_ros.node.relocalize_node', '--ros-args',
+        return [sys.executable, '-m', 'posenet_ros.ros.relocalize_node', '--ros-args',
                 '--params-file', str(ROOT / 'config' / 'relocalize.yaml'),
                 '-p', f'model_path:={path}', '-p', f'device:={dev}',
                 '-p', f'num_threads:={args.threads}', '-p', f'image_topic:={TOPIC}',

@@ -48,7 +48,13 @@ CAMERA_IN_BASE = '[0.2, 0.0, 1.0, -0.541675, 0.541675, -0.454519, 0.454519]'
 
 def _scene(tmp: Path, width: int, height: int, n_map: int, n_test: int):
     """Map dataset (training laps) and streamed test frames with their true poses."""
-    from posenet_ros.synthetic import SceneConfig, make_scene, render, trajectory, write_dataset
+    from posenet_ros.tools.synthetic import (
+        SceneConfig,
+        make_scene,
+        render,
+        trajectory,
+        write_dataset,
+    )
 
     cfg = SceneConfig(seed=0, width=width, height=height, fx=width * 0.85, n_train=n_map,
                       n_test=1)
@@ -62,8 +68,8 @@ def _scene(tmp: Path, width: int, height: int, n_map: int, n_test: int):
 def _export(tmp: Path, crop: int) -> Path:
     import torch
 
-    from posenet_ros.export import export_model
-    from posenet_ros.model import build_posenet
+    from posenet_ros.model.export import export_model
+    from posenet_ros.model.network import build_posenet
 
     torch.manual_seed(0)
     net = build_posenet('efficientnet_lite0', 'imagenet').eval()
@@ -98,7 +104,7 @@ class RefineBench(bnl.Bench):
 
     def calls(self, n: int, rate: float, truth, timeout: float = 5.0) -> list[dict]:
         """``n`` ~/relocalize calls, each while streaming frames at ``rate`` Hz."""
-        from posenet_ros import geometry
+        from posenet_ros.core import geometry
 
         if not self.client.wait_for_service(timeout_sec=30.0):
             raise SystemExit('~/relocalize did not appear')
@@ -187,7 +193,7 @@ def main(argv=None) -> int:
     bench = RefineBench(domain, frames, K)
 
     def node_cmd(refine):
-        return [sys.executable, '-m', 'posenet_ros.node.relocalize_node', '--ros-args',
+        return [sys.executable, '-m', 'posenet_ros.ros.relocalize_node', '--ros-args',
                 '--params-file', str(ROOT / 'config' / 'relocalize.yaml'),
                 '-p', f'model_path:={model}', '-p', 'device:=cpu',
                 '-p', f'num_threads:={args.threads}', '-p', f'image_topic:={TOPIC}',

@@ -32,11 +32,11 @@ import numpy as np
 import torch
 import transforms3d.quaternions as tq
 
+from posenet_ros.core.geometry import rotation_error_deg, translation_error
 from posenet_ros.datasets import load_dataset, load_image
-from posenet_ros.export import export_model
-from posenet_ros.geometry import rotation_error_deg, translation_error
-from posenet_ros.model import build_posenet
-from posenet_ros.synthetic import SceneConfig, write_dataset
+from posenet_ros.model.export import export_model
+from posenet_ros.model.network import build_posenet
+from posenet_ros.tools.synthetic import SceneConfig, write_dataset
 from posenet_ros.verify import MapLocalizer, load_map
 from posenet_ros.verify.build import MapConfig, build_map
 

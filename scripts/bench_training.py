@@ -2,7 +2,8 @@
 """Training throughput (images/s) with and without the decoded-image cache.
 
 Runs the trainer's own building blocks (model, loss, augmentation, optimiser step of
-``posenet_ros.train``) for a number of steps on a dataset, once reading batches from the uint8
+``posenet_ros.training.train``)
+for a number of steps on a dataset, once reading batches from the uint8
 memmap cache and once decoding + resizing every image on the fly, and reports:
 
 * ``data``: images/s of batch loading alone (what the cache removes),
@@ -31,10 +32,10 @@ import torch
 
 def _train_steps(cfg, images, labels, steps: int, warmup: int) -> float:
     """Images/s of ``steps`` timed training steps (after ``warmup`` untimed ones)."""
-    from posenet_ros.losses import build_loss
-    from posenet_ros.model import build_posenet
-    from posenet_ros.preprocessing import IMAGENET_MEAN, IMAGENET_STD, TrainAugment
-    from posenet_ros.train import _build_optimizer, _TrainStep
+    from posenet_ros.model.network import build_posenet
+    from posenet_ros.model.preprocessing import IMAGENET_MEAN, IMAGENET_STD, TrainAugment
+    from posenet_ros.training.losses import build_loss
+    from posenet_ros.training.train import _build_optimizer, _TrainStep
 
     torch.manual_seed(cfg.seed)
     net = build_posenet(cfg.backbone, cfg.pretrained, cfg.dropout)
@@ -79,9 +80,9 @@ def main(argv=None) -> int:
     ap.add_argument('--out', default='bench_training.json', help='JSON result file')
     args = ap.parse_args(argv)
 
-    from posenet_ros.config import load_config
     from posenet_ros.datasets import load_dataset
-    from posenet_ros.image_cache import LazyImages, build_image_cache
+    from posenet_ros.training.config import load_config
+    from posenet_ros.training.image_cache import LazyImages, build_image_cache
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -30,7 +30,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from torchvision import transforms
 
-from posenet_ros.export import eager_network, load_file
+from posenet_ros.model.export import eager_network, load_file
 
 
 def imgmsg_to_cv2_bgr8(msg) -> np.ndarray:

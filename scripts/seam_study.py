@@ -34,10 +34,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from posenet_ros.config import load_config  # noqa: E402
+from posenet_ros.core.geometry import canonicalize_quaternion, mean_quaternion, to_hemisphere  # noqa: E402,E501
 from posenet_ros.datasets import load_dataset  # noqa: E402
-from posenet_ros.geometry import canonicalize_quaternion, mean_quaternion, to_hemisphere  # noqa: E402,E501
-from posenet_ros.metrics import json_safe  # noqa: E402
+from posenet_ros.evaluation.metrics import json_safe  # noqa: E402
+from posenet_ros.training.config import load_config  # noqa: E402
 
 #: name -> config overrides (over the recipe). 'baseline' is the behaviour before the change.
 VARIANTS = {
@@ -90,8 +90,8 @@ def label_stats(quats: np.ndarray) -> dict:
 def run_one(scene: str, dataset: str, variant: str, seed: int, args, work: Path) -> dict:
     import torch
 
-    from posenet_ros.image_cache import build_image_cache
-    from posenet_ros.train import evaluate_cached, train
+    from posenet_ros.training.image_cache import build_image_cache
+    from posenet_ros.training.train import evaluate_cached, train
 
     run_dir = work / f'{scene}_{variant}_s{seed}'
     if run_dir.exists():

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import transforms3d.quaternions as tq
 
-from posenet_ros.geometry import invert, pose_to_matrix
+from posenet_ros.core.geometry import invert, pose_to_matrix
 
 TEST_K = np.array([[100.0, 0.0, 31.5], [0.0, 110.0, 23.5], [0.0, 0.0, 1.0]])
 
@@ -97,7 +97,7 @@ def make_seven_scenes(root, seqs: dict, train=('sequence1',), test=('sequence2',
 def render_tiny_scene(tmp_path, n_train: int = 8, n_test: int = 4, width: int = 64,
                       height: int = 48, seed: int = 0) -> Path:
     """A tiny synthetic manifest dataset (rendered courtyard) in ``tmp_path/synth``."""
-    from posenet_ros.synthetic import SceneConfig, write_dataset
+    from posenet_ros.tools.synthetic import SceneConfig, write_dataset
 
     cfg = SceneConfig(seed=seed, width=width, height=height, fx=width / 2 / np.tan(np.pi / 6),
                       n_train=n_train, n_test=n_test)
@@ -113,9 +113,9 @@ def render_segment_scene(tmp_path, n: int = 72, test_every: int = 6, width: int 
     instead holds out other laps (-25 / +25 deg of heading from the nearest training lap): a
     generalisation test for which a tiny model's result depends on the kernels' rounding.
     """
-    from posenet_ros import synthetic as syn
     from posenet_ros.datasets.manifest import write_manifest
     from posenet_ros.datasets.types import PoseSample
+    from posenet_ros.tools import synthetic as syn
 
     cfg = syn.SceneConfig(seed=seed, width=width, height=height,
                           fx=width / 2 / np.tan(np.pi / 6))
@@ -157,7 +157,7 @@ def write_pose_bag(path, storage='sqlite3', n_images=10, image_dt=0.1, pose_time
     either on ``pose_topic`` or (``tf_chain``) as /tf map->odom->base + /tf_static
     base->cam_optical.
     """
-    from posenet_ros.synthetic import RosbagWriter
+    from posenet_ros.tools.synthetic import RosbagWriter
 
     rng = np.random.default_rng(1)
     frames = [rng.integers(0, 256, size=(*size, 3), dtype=np.uint8) for _ in range(n_images)]

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from posenet_ros.export import export_model
-from posenet_ros.model import build_posenet
+from posenet_ros.model.export import export_model
+from posenet_ros.model.network import build_posenet
 
 SAMPLE_IMAGE = 'grace_hopper.jpg'  # a real photo (512 wide x 600 high) shipped with matplotlib
 
@@ -84,8 +84,8 @@ def train_small_scene_model(root: Path, dataset, epochs: int, build_map: bool = 
 
     The trained-and-exported model the node tests replay bags through (``root/models/scene.ts``).
     """
-    from posenet_ros.config import load_config
-    from posenet_ros.train import train
+    from posenet_ros.training.config import load_config
+    from posenet_ros.training.train import train
 
     demo = Path(__file__).resolve().parents[1] / 'config' / 'train_demo_cpu.yaml'
     cfg = load_config(demo, {

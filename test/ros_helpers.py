@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from posenet_ros.node.process import NODE_MODULE, NodeProcess, node_command
+from posenet_ros.ros.process import NODE_MODULE, NodeProcess, node_command
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / 'config' / 'relocalize.yaml'

@@ -12,9 +12,9 @@ import yaml
 from helpers_data import write_pose_bag
 
 from posenet_ros.cli import main as cli_main
+from posenet_ros.core.errors import BagError
 from posenet_ros.datasets import read_bag
 from posenet_ros.datasets.salvage import salvage_bag
-from posenet_ros.errors import BagError
 
 T0 = 1000.0
 N = 40

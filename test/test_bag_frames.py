@@ -14,11 +14,11 @@ import pytest
 import transforms3d.quaternions as tq
 from helpers_data import rot
 
-from posenet_ros import synthetic as syn
 from posenet_ros.cli import main as cli_main
+from posenet_ros.core.errors import BagError
+from posenet_ros.core.geometry import invert, matrix_to_pose, pose_to_matrix
 from posenet_ros.datasets import load_dataset, read_bag
-from posenet_ros.errors import BagError
-from posenet_ros.geometry import invert, matrix_to_pose, pose_to_matrix
+from posenet_ros.tools import synthetic as syn
 
 T0 = 2000.0
 N = 16
@@ -97,8 +97,8 @@ def test_base_odometry_with_tf_static_reads_as_camera_poses(tmp_path, storage):
 
 def test_extract_then_train_feed_camera_labels(robot_bags, tmp_path, capsys, monkeypatch):
     from posenet_ros import datasets
-    from posenet_ros.config import load_config
-    from posenet_ros.train import train
+    from posenet_ros.training.config import load_config
+    from posenet_ros.training.train import train
 
     root, truth = robot_bags
     out = tmp_path / 'ds'
@@ -193,7 +193,7 @@ def test_pose_with_covariance_needs_its_frame_named(robot_bags):
 def test_evaluate_on_base_odometry_uses_camera_ground_truth(robot_bags, tmp_path):
     from helpers_model import make_tiny_export
 
-    from posenet_ros.evaluate import evaluate
+    from posenet_ros.evaluation.evaluate import evaluate
 
     root, truth = robot_bags
     model = make_tiny_export(tmp_path, crop=32)

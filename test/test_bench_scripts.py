@@ -1,4 +1,4 @@
-"""The latency benchmark of the node issue and its baseline: they measure what they claim.
+"""The node latency benchmark and its baseline: they measure what they claim.
 
 ``scripts/naive_node.py`` must run the same weights on equivalent preprocessing as the real node
 (otherwise the ratio compares different models), and ``scripts/bench_node_latency.py`` must run
@@ -22,9 +22,9 @@ pytest.importorskip('rclpy')
 
 from ros_helpers import ROOT, ros_env  # noqa: E402
 
-from posenet_ros import geometry  # noqa: E402
-from posenet_ros.preprocessing import Preprocess  # noqa: E402
-from posenet_ros.relocalizer import Relocalizer  # noqa: E402
+from posenet_ros.core import geometry  # noqa: E402
+from posenet_ros.model.preprocessing import Preprocess  # noqa: E402
+from posenet_ros.model.relocalizer import Relocalizer  # noqa: E402
 
 pytestmark = [pytest.mark.ros]
 

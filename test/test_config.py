@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from posenet_ros.config import TrainConfig, config_keys, load_config
-from posenet_ros.errors import ConfigError
-from posenet_ros.train import main as train_main
+from posenet_ros.core.errors import ConfigError
+from posenet_ros.training.config import TrainConfig, config_keys, load_config
+from posenet_ros.training.train import main as train_main
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'config'
 

@@ -1,4 +1,4 @@
-"""The core runs without ROS: importing it must not import rclpy (only posenet_ros.node may)."""
+"""The core runs without ROS: importing it must not import rclpy (only posenet_ros.ros may)."""
 
 import pkgutil
 import subprocess
@@ -10,7 +10,7 @@ import posenet_ros
 def _core_modules():
     names = []
     for info in pkgutil.walk_packages(posenet_ros.__path__, 'posenet_ros.'):
-        if info.name.startswith('posenet_ros.node'):
+        if info.name.startswith('posenet_ros.ros'):
             continue
         names.append(info.name)
     return names
@@ -18,7 +18,7 @@ def _core_modules():
 
 def test_core_imports_no_rclpy():
     modules = _core_modules()
-    assert 'posenet_ros.geometry' in modules
+    assert 'posenet_ros.core.geometry' in modules
     code = (
         'import importlib, sys\n'
         f'for name in {modules!r}:\n'

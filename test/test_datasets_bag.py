@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from helpers_data import TEST_K, motion, point_in_front, project, write_pose_bag
 
+from posenet_ros.core.errors import BagError
 from posenet_ros.datasets import BagDataset, load_dataset, read_bag
-from posenet_ros.errors import BagError
 
 STORAGES = ['sqlite3', 'mcap']
 T0 = 1000.0

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from helpers_data import TEST_K, make_cambridge, point_in_front, project, random_pose
 
+from posenet_ros.core.errors import DatasetError, EmptySplitError, LabelFormatError
 from posenet_ros.datasets import load_dataset, load_image, read_cambridge
-from posenet_ros.errors import DatasetError, EmptySplitError, LabelFormatError
 
 
 def test_cambridge_pose_projects_known_point(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 from helpers_data import make_cambridge, make_seven_scenes, motion, write_pose_bag
 
 from posenet_ros.cli import main as cli_main
+from posenet_ros.core.errors import DatasetError
 from posenet_ros.datasets import detect_kind, extract_bag, load_dataset, load_image
-from posenet_ros.errors import DatasetError
 
 
 def test_extract_bag_cli_writes_loadable_manifest(tmp_path, capsys):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from helpers_data import point_in_front, project, random_pose, write_png
 
+from posenet_ros.core.errors import DatasetError, EmptySplitError, LabelFormatError
 from posenet_ros.datasets import (
     PoseSample,
     intrinsics_matrix,
@@ -13,7 +14,6 @@ from posenet_ros.datasets import (
     write_manifest,
 )
 from posenet_ros.datasets.manifest import MANIFEST_FILE
-from posenet_ros.errors import DatasetError, EmptySplitError, LabelFormatError
 
 HEADER = 'image,split,x,y,z,qw,qx,qy,qz'
 
@@ -43,7 +43,7 @@ def test_manifest_round_trip_and_geometry(tmp_path):
     for i in range(4):
         T = random_pose(rng)
         path = write_png(tmp_path / 'images' / f'{i}.png', seed=i)
-        from posenet_ros.geometry import matrix_to_pose
+        from posenet_ros.core.geometry import matrix_to_pose
         p, q = matrix_to_pose(T)
         samples.append(PoseSample(position=p, quaternion=q, split='train' if i < 3 else 'test',
                                   image_path=path, stamp=10.0 + i,

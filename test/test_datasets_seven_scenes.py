@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from helpers_data import make_seven_scenes, point_in_front, project, random_pose
 
+from posenet_ros.core.errors import DatasetError, EmptySplitError, LabelFormatError
 from posenet_ros.datasets import load_dataset, load_image, read_seven_scenes
 from posenet_ros.datasets.seven_scenes import SEVEN_SCENES_K
-from posenet_ros.errors import DatasetError, EmptySplitError, LabelFormatError
 
 
 def _scene(tmp_path, n=3, **kw):

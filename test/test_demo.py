@@ -60,7 +60,7 @@ def test_demo_pipeline_tiny(tmp_path):
 
 
 def test_summary_says_where_posenet_beats_retrieval_and_where_not():
-    from posenet_ros.demo import versus_retrieval
+    from posenet_ros.tools.demo import versus_retrieval
 
     def method(t, r, r05, r1):
         return {'n_frames': 100, 'translation_m': {'median': t}, 'rotation_deg': {'median': r},

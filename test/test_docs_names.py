@@ -3,10 +3,10 @@
 Every name the documentation gives a user is checked against the code it names, read from the
 code itself so a new parameter, topic or flag is picked up without touching this file:
 
-* node parameters against ``posenet_ros/node/params.py`` (``SPECS``), launch arguments against
+* node parameters against ``posenet_ros/ros/params.py`` (``SPECS``), launch arguments against
   ``launch/relocalize.launch.py`` (``ARGUMENTS``);
 * the node's topics and services against the ``create_publisher`` / ``create_subscription`` /
-  ``create_service`` calls in ``posenet_ros/node/relocalize_node.py``;
+  ``create_service`` calls in ``posenet_ros/ros/relocalize_node.py``;
 * diagnostics keys against ``NodeStats().snapshot()`` plus the keys and rejection reasons the
   node adds in ``relocalize_node.py``;
 * ``posenet-ros <command> --flag``, ``python -m posenet_ros.<module> --flag`` and
@@ -41,12 +41,12 @@ import pytest
 import yaml
 
 from posenet_ros import cli
-from posenet_ros.node import params as P
-from posenet_ros.node.diagnostics import NodeStats
+from posenet_ros.ros import params as P
+from posenet_ros.ros.diagnostics import NodeStats
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_SOURCE = ROOT / 'posenet_ros' / 'node' / 'relocalize_node.py'
-NODE_MODULE = 'posenet_ros.node.relocalize_node'
+NODE_MODULE = 'posenet_ros.ros.relocalize_node'
 NODE_NAME = 'posenet_relocalizer'
 
 
@@ -606,7 +606,7 @@ def test_every_command_parser_is_captured():
     for module, _ in cli.COMMANDS.values():
         assert '--help' in module_parser(module)._option_string_actions, module
     assert '--device' in script_parser('scripts/bench_node_latency.py')._option_string_actions
-    assert '--model' in parser_flags(module_parser('posenet_ros.studies'), ['robustness'])
+    assert '--model' in parser_flags(module_parser('posenet_ros.tools.studies'), ['robustness'])
 
 
 @pytest.mark.parametrize('snippet, expected', [
@@ -615,7 +615,7 @@ def test_every_command_parser_is_captured():
     ('```bash\nposenet-ros train --dataset d \\\n    --bogus-flag 3\n```', 'accept --bogus-flag'),
     ('Run `posenet-ros evaluate --model m.ts --no-such-flag`.', 'accept --no-such-flag'),
     ('```bash\nposenet-ros study robustness --sizes 10\n```', 'accept --sizes'),
-    ('```bash\npython -m posenet_ros.train --epochz 3\n```', 'accept --epochz'),
+    ('```bash\npython -m posenet_ros.training.train --epochz 3\n```', 'accept --epochz'),
     ('```bash\npython scripts/bench_node_latency.py --gpu\n```', 'accept --gpu'),
     ('```bash\nposenet-ros frobnicate --x\n```', "no command 'frobnicate'"),
     ('Train with `--freeze-bn --no-augmentation`.', '--no-augmentation: no posenet_ros'),

@@ -9,12 +9,12 @@ import pytest
 import torch
 from helpers_model import make_tiny_export
 
-from posenet_ros.errors import BagError, EvaluationError
-from posenet_ros.evaluate import dense_grid, dense_windows, evaluate, load_summary, main
-from posenet_ros.metrics import frame_errors
-from posenet_ros.preprocessing import Preprocess, resize_shorter_side_uint8
-from posenet_ros.synthetic import RosbagWriter, SceneConfig, write_bag, write_dataset
-from posenet_ros.trajectory_io import read_tum
+from posenet_ros.core.errors import BagError, EvaluationError
+from posenet_ros.evaluation.evaluate import dense_grid, dense_windows, evaluate, load_summary, main
+from posenet_ros.evaluation.metrics import frame_errors
+from posenet_ros.evaluation.trajectory_io import read_tum
+from posenet_ros.model.preprocessing import Preprocess, resize_shorter_side_uint8
+from posenet_ros.tools.synthetic import RosbagWriter, SceneConfig, write_bag, write_dataset
 
 CFG = SceneConfig(width=64, height=48, fx=55.0, n_train=6, n_test=4)
 
@@ -145,9 +145,9 @@ def test_bag_errors_name_topics_and_missing_overlap(data, tmp_path):
 def test_failures_are_reported_not_hidden(data, tmp_path, monkeypatch):
     """A frame the model cannot localise is a failure with infinite error in every output."""
     root, ds, _, model = data
-    import posenet_ros.evaluate as ev
+    import posenet_ros.evaluation.evaluate as ev
+    from posenet_ros.core.errors import NonFiniteOutputError
     from posenet_ros.datasets import load_dataset, load_image
-    from posenet_ros.errors import NonFiniteOutputError
 
     real = ev._load_relocalizer
     bad_frame = load_image(load_dataset(ds, 'test')[1])
@@ -176,12 +176,12 @@ def test_failures_are_reported_not_hidden(data, tmp_path, monkeypatch):
 
 def test_scoring_the_split_that_selected_the_model_is_flagged(data, tmp_path, caplog):
     """A model whose best.pt was picked on the test split gets a warning when scored on it."""
-    from posenet_ros.report import selection_warning
+    from posenet_ros.evaluation.report import selection_warning
 
     root, ds, _, _ = data
     model = make_tiny_export(tmp_path, backbone='resnet18', crop=32, name='picked_on_test',
                              training={'selected_on': 'test', 'dataset': str(ds)})
-    with caplog.at_level('WARNING', logger='posenet_ros.evaluate'):
+    with caplog.at_level('WARNING', logger='posenet_ros.evaluation.evaluate'):
         summary = evaluate(model, tmp_path / 'on_test', dataset=ds, split='test',
                            baselines=False, progress=False)
     flagged = [n for n in summary['notes'] if 'selected on the' in n]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers_model import random_frames, sample_image_rgb, spread_head
 
-from posenet_ros.errors import ConfigError, IncompatibleModelError
-from posenet_ros.export import (
+from posenet_ros.core.errors import ConfigError, IncompatibleModelError
+from posenet_ros.model.export import (
     FORMAT_VERSION,
     META_NAME,
     ExportedPoseNet,
@@ -19,7 +19,7 @@ from posenet_ros.export import (
     read_metadata,
     validate_metadata,
 )
-from posenet_ros.model import build_posenet
+from posenet_ros.model.network import build_posenet
 
 torch.set_num_threads(1)  # stable timings on a shared 2-core machine
 # torch.jit.* emit FutureWarning deprecation notices in torch 2.14; TorchScript is still needed
@@ -167,8 +167,8 @@ def test_metadata_is_plain_json_inside_the_archive(exported):
 
 
 def test_relocalizer_on_pt2_and_its_shape_limits(exported):
-    from posenet_ros.errors import InvalidFrameError
-    from posenet_ros.relocalizer import Relocalizer
+    from posenet_ros.core.errors import InvalidFrameError
+    from posenet_ros.model.relocalizer import Relocalizer
 
     _, eager, result = exported
     reloc = Relocalizer(result.pt2_path, warmup=1)

@@ -5,8 +5,8 @@ import pytest
 import transforms3d.euler as te
 import transforms3d.quaternions as tq
 
-from posenet_ros import geometry as g
-from posenet_ros.errors import InvalidPoseError
+from posenet_ros.core import geometry as g
+from posenet_ros.core.errors import InvalidPoseError
 
 RNG = np.random.default_rng(0)
 

@@ -1,4 +1,4 @@
-"""ROS-free tests of posenet_ros.image_conversion on real pixels, padded rows and bad payloads."""
+"""ROS-free tests of core.image_conversion on real pixels, padded rows and bad payloads."""
 
 import array
 
@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from posenet_ros.errors import ImageConversionError
-from posenet_ros.image_conversion import (
+from posenet_ros.core.errors import ImageConversionError
+from posenet_ros.core.image_conversion import (
     RAW_ENCODINGS,
     RawFrame,
     compressed_msg_to_rgb,

@@ -1,4 +1,4 @@
-"""The README's three journeys, run as written on the synthetic scene's bags (issue 14, item 7).
+"""The README's three journeys, run as written on the synthetic scene's bags.
 
 The journeys' code blocks are marked in README.md by an HTML comment right before the fence
 (``<!-- journey: NAME -->``, invisible on GitHub). This file parses those blocks (backslash
@@ -24,7 +24,7 @@ What is changed, and nothing else (the test fails on any command it neither runs
 
 * placeholders (:data:`PLACEHOLDERS`): ``my_bag``, ``test_bag``, ``/path/to/scene.ts``;
 * ``posenet-ros`` runs as ``python -m posenet_ros.cli``, ``relocalize_node`` as the venv's
-  console script (``python -m posenet_ros.node.relocalize_node`` where there is none);
+  console script (``python -m posenet_ros.ros.relocalize_node`` where there is none);
 * the training is sized for a CPU test: :data:`TRAIN_OVERRIDES` are appended to the README's
   train command (argparse: the last value of a flag wins), i.e. the CPU demo recipe
   ``config/train_demo_cpu.yaml`` at 64/56 px for a few epochs on the CPU with one thread and no
@@ -169,7 +169,7 @@ def executable(argv: list[str]) -> list[str]:
     if argv[0] == 'relocalize_node':
         script = Path(sys.executable).parent / 'relocalize_node'
         head = [str(script)] if script.is_file() else [sys.executable, '-m',
-                                                        'posenet_ros.node.relocalize_node']
+                                                        'posenet_ros.ros.relocalize_node']
         return head + argv[1:]
     return argv
 
@@ -192,7 +192,7 @@ def _bag_truth(bag: Path, topic: str) -> dict[int, np.ndarray]:
     """``{stamp ns: 4x4 pose}`` of a PoseStamped topic of ``bag``."""
     from rosbags.highlevel import AnyReader
 
-    from posenet_ros import geometry
+    from posenet_ros.core import geometry
 
     out = {}
     with AnyReader([bag]) as reader:
@@ -215,7 +215,7 @@ def _at(truth: dict[int, np.ndarray], t: float) -> np.ndarray:
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
     """The user's working directory, and the recordings standing for the robot's bags."""
-    from posenet_ros.synthetic import SceneConfig, write_bag
+    from posenet_ros.tools.synthetic import SceneConfig, write_bag
 
     root = tmp_path_factory.mktemp('journeys')
     cfg = SceneConfig(seed=0, n_train=N_TRAIN, n_test=N_TEST)
@@ -332,9 +332,9 @@ def test_next_to_amcl_namespaced(trained):
     from ros_helpers import RosSession
     from std_srvs.srv import Trigger
 
-    from posenet_ros import geometry
-    from posenet_ros.node.replay import BagPlayer
-    from posenet_ros.synthetic import T_BASE_CAM
+    from posenet_ros.core import geometry
+    from posenet_ros.ros.replay import BagPlayer
+    from posenet_ros.tools.synthetic import T_BASE_CAM
 
     work, _ = trained
     d = work['dir']

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from posenet_ros.node import params as P
+from posenet_ros.ros import params as P
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / 'launch' / 'relocalize.launch.py'
@@ -58,7 +58,7 @@ def test_executable_node_name_and_files_exist():
     mod = _launch_module()
     assert mod.NODE_NAME == _node_module_constant('NODE_NAME') == 'posenet_relocalizer'
     setup_text = (ROOT / 'setup.py').read_text()
-    assert f"'{mod.EXECUTABLE} = posenet_ros.node.relocalize_node:main'" in setup_text
+    assert f"'{mod.EXECUTABLE} = posenet_ros.ros.relocalize_node:main'" in setup_text
     assert (ROOT / mod.PARAMS_FILE).is_file()
     root = ET.parse(ROOT / mod.SHM_PROFILE).getroot()
     ns = {'d': 'http://www.eprosima.com'}
@@ -91,7 +91,7 @@ def test_pip_command_in_docs_uses_the_same_params_file():
     docs = (ROOT / 'docs' / 'node.md').read_text()
     mod = _launch_module()
     assert f'relocalize_node --ros-args --params-file {mod.PARAMS_FILE}' in docs
-    assert f'python -m posenet_ros.node.relocalize_node --ros-args --params-file ' \
+    assert f'python -m posenet_ros.ros.relocalize_node --ros-args --params-file ' \
            f'{mod.PARAMS_FILE}' in docs
 
 

@@ -12,14 +12,14 @@ pytest.importorskip('rclpy')
 from helpers_model import make_tiny_export  # noqa: E402
 
 from posenet_ros.datasets import read_bag  # noqa: E402
-from posenet_ros.relocalizer import Relocalizer  # noqa: E402
-from posenet_ros.synthetic import SceneConfig, write_bag, write_dataset  # noqa: E402
+from posenet_ros.model.relocalizer import Relocalizer  # noqa: E402
+from posenet_ros.tools.synthetic import SceneConfig, write_bag, write_dataset  # noqa: E402
 
 CFG = SceneConfig(width=64, height=48, fx=55.0, n_train=6, n_test=8, rate=30.0)
 
 
 def test_live_evaluation_through_the_real_node(tmp_path):
-    from posenet_ros.node.live_eval import live_evaluate
+    from posenet_ros.ros.live_eval import live_evaluate
 
     torch.set_num_threads(1)
     ds = write_dataset(tmp_path / 'ds', CFG, progress=False)

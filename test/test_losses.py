@@ -8,11 +8,8 @@ import pytest
 import torch
 from helpers_model import one_torch_thread  # noqa: F401 (fixture)
 
-from posenet_ros.checkpoint import load_checkpoint
-from posenet_ros.config import load_config
-from posenet_ros.datasets import load_dataset
-from posenet_ros.errors import ConfigError
-from posenet_ros.geometry import (
+from posenet_ros.core.errors import ConfigError
+from posenet_ros.core.geometry import (
     canonicalize_quaternion,
     mean_quaternion,
     normalize_quaternion,
@@ -20,7 +17,10 @@ from posenet_ros.geometry import (
     rotation_error_deg,
     to_hemisphere,
 )
-from posenet_ros.losses import BetaLoss, LearnedLoss, build_loss
+from posenet_ros.datasets import load_dataset
+from posenet_ros.training.checkpoint import load_checkpoint
+from posenet_ros.training.config import load_config
+from posenet_ros.training.losses import BetaLoss, LearnedLoss, build_loss
 
 
 def _batch():
@@ -148,7 +148,7 @@ def test_reference_hemisphere_keeps_rotations_and_one_hemisphere():
 
 # --- loss weights with their own learning rate -----------------------------------------------
 def test_loss_lr_gives_s_x_s_q_their_own_group():
-    from posenet_ros.train import _build_optimizer, _lr_lambda
+    from posenet_ros.training.train import _build_optimizer, _lr_lambda
 
     net = torch.nn.Linear(3, 7)
     for optimizer in ('adam', 'adamw', 'sgd'):
@@ -192,8 +192,8 @@ def test_short_training_moves_s_q_and_records_the_reference(tmp_path, one_torch_
     """
     from helpers_data import render_tiny_scene
 
-    from posenet_ros.export import read_metadata
-    from posenet_ros.train import train
+    from posenet_ros.model.export import read_metadata
+    from posenet_ros.training.train import train
 
     ds = render_tiny_scene(tmp_path, n_train=24, n_test=4, width=48, height=40)
     common = dict(dataset=str(ds), backbone='mobilenet_v3_small', pretrained=None, resize=40,

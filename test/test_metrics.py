@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from posenet_ros.metrics import (
+from posenet_ros.evaluation.metrics import (
     frame_errors,
     json_safe,
     percentile_inf,

@@ -7,8 +7,8 @@ import torch
 import torchvision
 from helpers_model import sample_image_rgb
 
-from posenet_ros.errors import CheckpointError, UnknownBackboneError, WeightsUnavailableError
-from posenet_ros.model import (
+from posenet_ros.core.errors import CheckpointError, UnknownBackboneError, WeightsUnavailableError
+from posenet_ros.model.network import (
     AUX_WEIGHT,
     BACKBONES,
     EfficientNetLite0,
@@ -16,7 +16,7 @@ from posenet_ros.model import (
     imagenet_weights_file,
     lite0_weights_file,
 )
-from posenet_ros.preprocessing import Preprocess
+from posenet_ros.model.preprocessing import Preprocess
 
 torch.set_num_threads(1)  # stable timings on a shared 2-core machine
 

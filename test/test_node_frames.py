@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from posenet_ros.image_conversion import decode_image, rgb_to_image_fields, to_rgb
-from posenet_ros.node.frames import FrameStager, xyzw_pose_to_matrix
+from posenet_ros.core.image_conversion import decode_image, rgb_to_image_fields, to_rgb
+from posenet_ros.ros.frames import FrameStager, xyzw_pose_to_matrix
 
 
 @pytest.fixture(scope='module')
@@ -68,8 +68,8 @@ def test_documented_camera_in_base_worked_example():
     import transforms3d.euler as te
     import transforms3d.quaternions as tq
 
-    from posenet_ros.node import params as P
-    from posenet_ros.synthetic import T_BASE_CAM
+    from posenet_ros.ros import params as P
+    from posenet_ros.tools.synthetic import T_BASE_CAM
     documented = [0.2, 0.0, 1.0, -0.541675, 0.541675, -0.454519, 0.454519]
     r_link = te.euler2mat(0.0, np.radians(10.0), 0.0, 'sxyz')
     r_optical = tq.quat2mat([0.5, -0.5, 0.5, -0.5])  # wxyz of xyzw (-0.5, 0.5, -0.5, 0.5)
@@ -93,7 +93,7 @@ def test_documented_camera_in_base_worked_example():
     ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], 'not a rigid transform'),
 ])
 def test_camera_in_base_must_be_rigid_or_unset(value, why):
-    from posenet_ros.node import params as P
+    from posenet_ros.ros import params as P
     assert why in P.validate('camera_in_base', value)
     assert P.validate('camera_in_base', []) is None  # unset: the default
     assert P.SPECS['camera_in_base'].default == []
@@ -101,9 +101,9 @@ def test_camera_in_base_must_be_rigid_or_unset(value, why):
 
 def test_builtin_tf_buffer_chain_interpolation_and_errors():
     """The stand-in used where tf2_ros is absent: T_target_source through the tree, in time."""
-    from posenet_ros import geometry
-    from posenet_ros.node.tf_buffer import ExtrapolationException, LookupException, TfBuffer
-    from posenet_ros.synthetic import T_BASE_CAMLINK, T_CAMLINK_OPTICAL, t_map_odom
+    from posenet_ros.core import geometry
+    from posenet_ros.ros.tf_buffer import ExtrapolationException, LookupException, TfBuffer
+    from posenet_ros.tools.synthetic import T_BASE_CAMLINK, T_CAMLINK_OPTICAL, t_map_odom
 
     buf = TfBuffer()
     buf.set_transform('base_link', 'camera_link', 0, *geometry.matrix_to_pose(T_BASE_CAMLINK),

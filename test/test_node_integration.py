@@ -36,8 +36,8 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
-from posenet_ros import geometry  # noqa: E402
-from posenet_ros.image_conversion import rgb_to_compressed, rgb_to_image_fields  # noqa: E402
+from posenet_ros.core import geometry  # noqa: E402
+from posenet_ros.core.image_conversion import rgb_to_compressed, rgb_to_image_fields  # noqa: E402
 
 pytestmark = [pytest.mark.ros]
 
@@ -98,7 +98,7 @@ NODE_NAME = 'posenet_relocalizer'
 @pytest.fixture(scope='module')
 def frames():
     """Four rendered 80x60 frames of the synthetic courtyard (RGB uint8)."""
-    from posenet_ros.synthetic import camera_matrix, make_scene, render, trajectory
+    from posenet_ros.tools.synthetic import camera_matrix, make_scene, render, trajectory
     scene = make_scene(seed=0)
     K = camera_matrix(W, H, 70.0)
     return [render(scene, p, q, K, W, H) for p, q in trajectory('test', n=4)]
@@ -109,7 +109,7 @@ def models(tmp_path_factory):
     """A tiny random-init export and a copy whose pose head is NaN (same metadata)."""
     import torch
 
-    from posenet_ros.export import META_NAME
+    from posenet_ros.model.export import META_NAME
     out = tmp_path_factory.mktemp('models')
     good = make_tiny_export(out)
     extra = {META_NAME: ''}
@@ -127,7 +127,7 @@ def models(tmp_path_factory):
 @pytest.fixture(scope='module')
 def int8_model(models, frames):
     """The int8 CPU export (posenet-ros quantize) of the tiny model, calibrated on the frames."""
-    from posenet_ros.quantize import quantize_export
+    from posenet_ros.model.quantize import quantize_export
     return quantize_export(models[0], frames, models[0].with_name('tiny.int8.ts')).path
 
 
@@ -136,7 +136,7 @@ def offline(models):
     """The relocalizer the node uses, loaded in this process: the reference for every pose."""
     import torch
 
-    from posenet_ros.relocalizer import Relocalizer
+    from posenet_ros.model.relocalizer import Relocalizer
     torch.set_num_threads(1)
     return Relocalizer(models[0], 'cpu', 0)
 
@@ -350,7 +350,7 @@ def test_raw_pose_equals_offline(raw, frames, offline, encoding, padding, big):
 
 def test_int8_export_runs_in_the_node(session, nodes, int8_model, frames):
     """The node serves an int8 export exactly as the offline int8 Relocalizer predicts it."""
-    from posenet_ros.relocalizer import Relocalizer
+    from posenet_ros.model.relocalizer import Relocalizer
     ref = Relocalizer(int8_model, 'auto', 0)
     assert ref.quantization and ref.device.type == 'cpu'
     c = Client(session, 'q8')

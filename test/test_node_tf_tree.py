@@ -7,7 +7,7 @@ images, camera_info, /tf and /tf_static over DDS into a node in its own process 
 map_to_odom``, no ``camera_in_base``: the extrinsic must come from the bag's /tf_static).
 
 Where TF is mocked: nowhere in this file. tf2_ros has no PyPI wheel, so the node's TF look-ups
-go through its built-in /tf + /tf_static listener (posenet_ros/node/tf_buffer.py), which only
+go through its built-in /tf + /tf_static listener (posenet_ros/ros/tf_buffer.py), which only
 exists for environments without tf2_ros; the diagnostics key ``tf_source`` says which one ran.
 (test_node_integration.py injects a fake tf2_ros module to check the node's use of its API.)
 
@@ -47,15 +47,15 @@ from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
-from posenet_ros import geometry  # noqa: E402
-from posenet_ros.image_conversion import rgb_to_image_fields  # noqa: E402
+from posenet_ros.core import geometry  # noqa: E402
+from posenet_ros.core.image_conversion import rgb_to_image_fields  # noqa: E402
 
 pytestmark = [pytest.mark.ros]
 
 NODE = 'posenet_relocalizer'
 N_TRAIN, N_TEST = 80, 24
 TOLERANCE = 0.05  # s, transform_tolerance: map -> odom stamps are image stamp + this
-YAW_TOL_DEG, POS_TOL_M = 1.0, 0.005  # the issue's targets
+YAW_TOL_DEG, POS_TOL_M = 1.0, 0.005  # the targets for a TF-tree pose
 
 
 def _key(stamp):
@@ -88,7 +88,7 @@ def scene(tmp_path_factory):
     import torch
     from rosbags.highlevel import AnyReader
 
-    from posenet_ros.synthetic import T_BASE_CAM, SceneConfig, write_bag, write_dataset
+    from posenet_ros.tools.synthetic import T_BASE_CAM, SceneConfig, write_bag, write_dataset
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp('node_tf_tree')
@@ -150,7 +150,7 @@ class Inbox:
 @pytest.fixture(scope='module')
 def replayed(scene):
     """Replay the bag through a map_to_odom node; ~/relocalize is called during the replay."""
-    from posenet_ros.node.replay import BagPlayer
+    from posenet_ros.ros.replay import BagPlayer
 
     with RosSession('posenet_tf_tree_client') as s:
         node = s.start_node(_params(scene, tf_mode='map_to_odom', transform_tolerance=TOLERANCE,
@@ -325,7 +325,7 @@ def _publish_stream(s, frame, K, n, image_every, t0):
 
 
 def test_no_extrinsic_no_base_output_reason_visible_and_input_rate(bare, scene):
-    from posenet_ros.synthetic import make_scene, render, trajectory
+    from posenet_ros.tools.synthetic import make_scene, render, trajectory
     s, node = bare['session'], bare['node']
     inbox = Inbox(s, NODE)
     cfg = scene['cfg']

@@ -29,8 +29,8 @@ from ros_helpers import RosSession, failed_starts  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from posenet_ros import geometry  # noqa: E402
-from posenet_ros.image_conversion import rgb_to_image_fields  # noqa: E402
+from posenet_ros.core import geometry  # noqa: E402
+from posenet_ros.core.image_conversion import rgb_to_image_fields  # noqa: E402
 
 pytestmark = [pytest.mark.ros]
 
@@ -39,8 +39,8 @@ N_TRAIN, N_TEST = 80, 12
 CAMERA_IN_BASE = [0.1, 0.0, 0.2, -0.5, 0.5, -0.5, 0.5]  # optical frame on a REP 103 base
 # Verified poses of this briefly trained model are mostly millimetres off; one test frame,
 # verified with 38 inliers, is 6.7 cm / 0.7 deg off with a published sigma of 2.3 cm (2.9 sigma).
-# So: every verified pose within these (a tight bound, 5x below issue 12's 0.25 m / 2 deg
-# definition of a wrong pose) and within 5 sigma of its own covariance; the median far below.
+# So: every verified pose within these (a tight bound, 5x below the 0.25 m / 2 deg that
+# define a wrong pose) and within 5 sigma of its own covariance; the median far below.
 WRONG_M, WRONG_DEG = 0.10, 1.0
 MEDIAN_M = 0.03
 
@@ -51,7 +51,13 @@ def scene(tmp_path_factory):
     import torch
 
     from posenet_ros.datasets import load_dataset, load_image
-    from posenet_ros.synthetic import SceneConfig, make_scene, render, write_bag, write_dataset
+    from posenet_ros.tools.synthetic import (
+        SceneConfig,
+        make_scene,
+        render,
+        write_bag,
+        write_dataset,
+    )
     from posenet_ros.verify.mapfile import default_map_path
 
     torch.set_num_threads(1)
@@ -99,7 +105,7 @@ def nodes(session, scene):
     for name, proc in procs.items():
         assert proc.wait_for_output('ready: model', 120), f'{name} did not start:\n' + \
             proc.output()
-        # a clean start: no deprecation (or any other) warning before 'ready' (issue 14)
+        # a clean start: no deprecation (or any other) warning before 'ready'
         assert 'Warning' not in proc.output(), proc.output()
     yield procs
     for name, proc in procs.items():
@@ -320,7 +326,7 @@ def test_missing_corrupt_or_mismatched_map_stops_the_node_with_a_reason(session,
 def test_live_evaluation_scores_the_nodes_verified_poses(scene, tmp_path, capsys):
     """``posenet-ros evaluate --live --map``: the node in continuous mode, fed by a bag replay."""
     from posenet_ros.cli import main as cli_main
-    from posenet_ros.evaluate import load_summary
+    from posenet_ros.evaluation.evaluate import load_summary
 
     out = tmp_path / 'live'
     assert cli_main(['evaluate', '--live', '--model', str(scene['model']), '--bag',

@@ -79,7 +79,7 @@ def test_rviz_config_shows_topics_the_node_publishes():
         shown.append(topic)
         if topic.startswith('/posenet_relocalizer/'):
             assert topic.split('/')[-1] in published, topic
-    from posenet_ros.node.params import defaults
+    from posenet_ros.ros.params import defaults
 
     assert defaults()['initial_pose_topic'] in shown
     assert '/posenet_relocalizer/base_pose_with_covariance' in shown and '/map' in shown

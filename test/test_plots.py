@@ -4,7 +4,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from posenet_ros import plots
+from posenet_ros.evaluation import plots
 
 
 @pytest.fixture

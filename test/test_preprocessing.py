@@ -8,8 +8,8 @@ import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 from helpers_model import random_frames, sample_image_rgb
 
-from posenet_ros.errors import ConfigError, InvalidFrameError
-from posenet_ros.preprocessing import (
+from posenet_ros.core.errors import ConfigError, InvalidFrameError
+from posenet_ros.model.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Preprocess,

@@ -1,16 +1,16 @@
-"""posenet_ros.progress: plain lines (no carriage returns) when stderr is not a terminal."""
+"""posenet_ros.core.progress: plain lines (no carriage returns) when stderr is not a terminal."""
 
 import io
 import logging
 import subprocess
 import sys
 
-from posenet_ros.progress import LogProgress, progress
+from posenet_ros.core.progress import LogProgress, progress
 
 
 def test_non_tty_prints_lines_without_carriage_returns():
     """A real child process with stderr piped (as under CI, nohup or a launch file)."""
-    script = ('from posenet_ros.progress import progress\n'
+    script = ('from posenet_ros.core.progress import progress\n'
               'bar = progress(total=50, desc="work", unit="frame")\n'
               'for _ in range(50):\n'
               '    bar.update(1)\n'

@@ -21,10 +21,7 @@ from helpers_model import (
     sample_image_rgb,
 )
 
-from posenet_ros.baselines import mean_pose
-from posenet_ros.config import load_config
-from posenet_ros.datasets import load_dataset, load_image
-from posenet_ros.errors import (
+from posenet_ros.core.errors import (
     ConfigError,
     CorruptModelError,
     DatasetError,
@@ -32,10 +29,12 @@ from posenet_ros.errors import (
     IncompatibleModelError,
     ModelNotFoundError,
 )
-from posenet_ros.export import META_NAME, check_quantized_device, load_file, read_metadata
-from posenet_ros.metrics import frame_errors
-from posenet_ros.model import BACKBONES, build_posenet
-from posenet_ros.quantize import (
+from posenet_ros.datasets import load_dataset, load_image
+from posenet_ros.evaluation.baselines import mean_pose
+from posenet_ros.evaluation.metrics import frame_errors
+from posenet_ros.model.export import META_NAME, check_quantized_device, load_file, read_metadata
+from posenet_ros.model.network import BACKBONES, build_posenet
+from posenet_ros.model.quantize import (
     ENGINE,
     SCHEME,
     compare_models,
@@ -43,8 +42,9 @@ from posenet_ros.quantize import (
     quantize_network,
     static_same_padding,
 )
-from posenet_ros.relocalizer import Relocalizer
-from posenet_ros.train import train
+from posenet_ros.model.relocalizer import Relocalizer
+from posenet_ros.training.config import load_config
+from posenet_ros.training.train import train
 
 # torch.jit.* emit FutureWarning deprecation notices in torch 2.14; TorchScript is still needed
 pytestmark = pytest.mark.filterwarnings('ignore:.*torch.jit.*:FutureWarning')

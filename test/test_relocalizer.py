@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers_model import make_tiny_export, random_frames, sample_image_rgb
 
-from posenet_ros.errors import (
+from posenet_ros.core.errors import (
     CorruptModelError,
     DeviceUnavailableError,
     IncompatibleModelError,
@@ -18,9 +18,9 @@ from posenet_ros.errors import (
     NonFiniteOutputError,
     PoseNetError,
 )
-from posenet_ros.export import META_NAME, ExportedPoseNet, export_model
-from posenet_ros.model import build_posenet
-from posenet_ros.relocalizer import Relocalizer, main, resolve_device
+from posenet_ros.model.export import META_NAME, ExportedPoseNet, export_model
+from posenet_ros.model.network import build_posenet
+from posenet_ros.model.relocalizer import Relocalizer, main, resolve_device
 
 torch.set_num_threads(1)  # stable timings on a shared 2-core machine
 # torch.jit.* emit FutureWarning deprecation notices in torch 2.14; TorchScript is still needed

@@ -13,7 +13,7 @@ pytest.importorskip('rclpy')
 
 from ros_helpers import ROOT, RosSession  # noqa: E402
 
-from posenet_ros.synthetic import SceneConfig, write_bag  # noqa: E402
+from posenet_ros.tools.synthetic import SceneConfig, write_bag  # noqa: E402
 
 # A subscriber in its own process: records (topic, sha1 of the raw CDR) in arrival order.
 SUBSCRIBER = textwrap.dedent("""

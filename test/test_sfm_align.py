@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from posenet_ros.errors import AlignmentError
-from posenet_ros.geometry import invert, matrix_to_quat, pose_to_matrix, rotation_error_deg
+from posenet_ros.core.errors import AlignmentError
+from posenet_ros.core.geometry import invert, matrix_to_quat, pose_to_matrix, rotation_error_deg
 from posenet_ros.sfm.align import (
     Sim3,
     align_poses,

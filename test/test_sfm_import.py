@@ -13,15 +13,15 @@ import cv2
 import numpy as np
 import pytest
 
-from posenet_ros.datasets.manifest import read_manifest
-from posenet_ros.errors import AlignmentError, SfMFormatError
-from posenet_ros.geometry import (
+from posenet_ros.core.errors import AlignmentError, SfMFormatError
+from posenet_ros.core.geometry import (
     invert,
     matrix_to_quat,
     pose_to_matrix,
     rotation_error_deg,
     translation_error,
 )
+from posenet_ros.datasets.manifest import read_manifest
 from posenet_ros.sfm import importers
 from posenet_ros.sfm.align import Sim3
 from posenet_ros.sfm.colmap_io import read_colmap_model

@@ -14,11 +14,11 @@ import pytest
 import torch
 from helpers_learning import SABOTAGE, SEED, THREADS, check_below, sabotage_labels
 
-from posenet_ros import synthetic as syn
+from posenet_ros.core.errors import SfMReconstructionError
+from posenet_ros.core.geometry import rotation_error_deg, translation_error
 from posenet_ros.datasets.manifest import read_manifest
-from posenet_ros.errors import SfMReconstructionError
-from posenet_ros.geometry import rotation_error_deg, translation_error
 from posenet_ros.sfm import importers, label
+from posenet_ros.tools import synthetic as syn
 
 pytest.importorskip('pycolmap')
 
@@ -104,7 +104,7 @@ def test_label_bag_of_base_odometry_gives_camera_labels(scene_bag, tmp_path):
     import transforms3d.quaternions as tq
     from helpers_data import rot
 
-    from posenet_ros.geometry import invert, matrix_to_pose, pose_to_matrix
+    from posenet_ros.core.geometry import invert, matrix_to_pose, pose_to_matrix
 
     _, truth, K = scene_bag
     cfg = syn.SceneConfig(seed=SEED)
@@ -216,13 +216,17 @@ def test_model_trained_on_sfm_labels_relocalizes_in_true_metric_frame(scene_bag,
     (``augment: false``): a random 112 px crop of the ~170 x 128 px resized frame turns the view
     by up to +-11 deg of yaw (fx ~148 px) without changing the label (numbers: docs/sfm.md).
     """
-    from posenet_ros.baselines import imagenet_feature_extractor, mean_pose, nearest_neighbour
-    from posenet_ros.config import load_config
     from posenet_ros.datasets import load_image
-    from posenet_ros.metrics import frame_errors
-    from posenet_ros.model import build_posenet
-    from posenet_ros.relocalizer import Relocalizer
-    from posenet_ros.train import train
+    from posenet_ros.evaluation.baselines import (
+        imagenet_feature_extractor,
+        mean_pose,
+        nearest_neighbour,
+    )
+    from posenet_ros.evaluation.metrics import frame_errors
+    from posenet_ros.model.network import build_posenet
+    from posenet_ros.model.relocalizer import Relocalizer
+    from posenet_ros.training.config import load_config
+    from posenet_ros.training.train import train
 
     _, truth, _ = scene_bag
     cfg = load_config(None, dict(

@@ -7,8 +7,8 @@ import pytest
 import torch
 from helpers_model import make_tiny_export
 
-from posenet_ros.errors import EvaluationError
-from posenet_ros.studies import (
+from posenet_ros.core.errors import EvaluationError
+from posenet_ros.tools.studies import (
     PERTURBATIONS,
     main,
     perturb,
@@ -16,7 +16,7 @@ from posenet_ros.studies import (
     robustness_study,
     subset_indices,
 )
-from posenet_ros.synthetic import SceneConfig, write_dataset
+from posenet_ros.tools.synthetic import SceneConfig, write_dataset
 
 
 @pytest.fixture(scope='module')
@@ -88,7 +88,7 @@ def test_training_size_tiny_cli(tiny_ds, tmp_path, capsys):
 
 
 def test_pretraining_tiny(tiny_ds, tmp_path):
-    from posenet_ros.export import read_metadata
+    from posenet_ros.model.export import read_metadata
 
     out = tmp_path / 'pre'
     doc = pretraining_study(tiny_ds, out, tiny=True, progress=False)

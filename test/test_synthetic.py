@@ -7,14 +7,14 @@ import pytest
 from helpers_data import render_tiny_scene
 
 from posenet_ros.cli import main as cli_main
-from posenet_ros.datasets import load_dataset, load_image, read_bag
-from posenet_ros.geometry import (
+from posenet_ros.core.geometry import (
     matrix_to_quat,
     pose_to_matrix,
     rotation_error_deg,
     translation_error,
 )
-from posenet_ros.synthetic import (
+from posenet_ros.datasets import load_dataset, load_image, read_bag
+from posenet_ros.tools.synthetic import (
     SceneConfig,
     camera_matrix,
     look_rotation,
@@ -153,7 +153,7 @@ def test_bag_tf_tree_odometry_and_base_truth(tmp_path):
     """
     from rosbags.highlevel import AnyReader
 
-    from posenet_ros.synthetic import T_BASE_CAM, t_map_odom
+    from posenet_ros.tools.synthetic import T_BASE_CAM, t_map_odom
     cfg = SceneConfig(width=32, height=24, fx=28.0, n_train=2, n_test=6, rate=10.0)
     bag = write_bag(tmp_path / 'bag', cfg, progress=False)
     expected = trajectory('test', 6, 0)

@@ -18,16 +18,21 @@ from helpers_data import render_tiny_scene
 from helpers_learning import SEED, THREADS, check_below, sabotage_labels
 from helpers_model import one_torch_thread  # noqa: F401 (autouse: one torch thread)
 
-from posenet_ros.baselines import mean_pose
-from posenet_ros.checkpoint import load_checkpoint, save_checkpoint
-from posenet_ros.config import load_config
+from posenet_ros.core.errors import (
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    TrainingDivergedError,
+)
 from posenet_ros.datasets import load_dataset, load_image
-from posenet_ros.errors import CheckpointError, ConfigError, DatasetError, TrainingDivergedError
-from posenet_ros.export import read_metadata
-from posenet_ros.image_cache import LazyImages, build_image_cache
-from posenet_ros.metrics import frame_errors
-from posenet_ros.relocalizer import Relocalizer
-from posenet_ros.train import train
+from posenet_ros.evaluation.baselines import mean_pose
+from posenet_ros.evaluation.metrics import frame_errors
+from posenet_ros.model.export import read_metadata
+from posenet_ros.model.relocalizer import Relocalizer
+from posenet_ros.training.checkpoint import load_checkpoint, save_checkpoint
+from posenet_ros.training.config import load_config
+from posenet_ros.training.image_cache import LazyImages, build_image_cache
+from posenet_ros.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,10 +90,10 @@ def test_resume_at_half_is_identical(tiny, tmp_path, reference):
 
 
 def test_ctrl_c_saves_resumable_checkpoint(tiny, tmp_path, reference):
-    """SIGINT to a real ``python -m posenet_ros.train``: exit 130, then an exact resume."""
+    """SIGINT to a real ``python -m posenet_ros.training.train``: exit 130, exact resume."""
     _, ref = reference
     cfg = tiny_cfg(tiny, tmp_path)
-    args = [sys.executable, '-m', 'posenet_ros.train']
+    args = [sys.executable, '-m', 'posenet_ros.training.train']
     for key, value in cfg.to_dict().items():
         flag = '--' + key.replace('_', '-')
         if isinstance(value, bool):
@@ -138,7 +143,7 @@ def test_checkpoint_survives_crash_during_save(tmp_path):
     # the next checkpoint: half the bytes are on disk when it exits.
     script = textwrap.dedent(f"""
         import os, torch
-        from posenet_ros import checkpoint
+        from posenet_ros.training import checkpoint
         real_save = torch.save
         def dying_save(obj, fh):
             real_save(obj, fh)
@@ -220,7 +225,7 @@ def test_training_beats_mean_pose_on_synthetic_scene(tmp_path):
     *exported* model on the full-size test frames; the margins over seeds, CPU kernel paths and
     threads are in docs/testing.md (``scripts/learning_spread.py``).
     """
-    from posenet_ros.synthetic import SceneConfig, write_dataset
+    from posenet_ros.tools.synthetic import SceneConfig, write_dataset
 
     ds = sabotage_labels(write_dataset(tmp_path / 'synth', SceneConfig(
         seed=SEED, width=120, height=120, fx=60 / np.tan(np.pi / 6), n_train=128, n_test=48),

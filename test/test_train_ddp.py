@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posenet_ros.checkpoint import load_checkpoint
-from posenet_ros.config import load_config
-from posenet_ros.export import read_metadata
-from posenet_ros.relocalizer import Relocalizer
+from posenet_ros.model.export import read_metadata
+from posenet_ros.model.relocalizer import Relocalizer
+from posenet_ros.training.checkpoint import load_checkpoint
+from posenet_ros.training.config import load_config
 
 
 def _worker(dataset: str, out: str) -> None:
     """Body of each torchrun process."""
     import logging
 
-    from posenet_ros.train import train
+    from posenet_ros.training.train import train
 
     # every rank logs at INFO: the trainer itself must keep ranks > 0 quiet
     logging.basicConfig(level=logging.INFO, format='%(message)s')

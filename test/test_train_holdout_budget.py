@@ -13,15 +13,15 @@ import pytest
 from helpers_data import render_tiny_scene
 from helpers_model import one_torch_thread  # noqa: F401 (autouse: one torch thread)
 
-from posenet_ros.budget import parse_duration
-from posenet_ros.checkpoint import load_checkpoint
-from posenet_ros.config import load_config
+from posenet_ros.core.errors import ConfigError, DatasetError
 from posenet_ros.datasets import load_dataset
 from posenet_ros.datasets.types import PoseSample
-from posenet_ros.errors import ConfigError, DatasetError
-from posenet_ros.export import read_metadata
-from posenet_ros.holdout import holdout_split
-from posenet_ros.train import _labels_fingerprint, train, translation_normalization
+from posenet_ros.model.export import read_metadata
+from posenet_ros.training.budget import parse_duration
+from posenet_ros.training.checkpoint import load_checkpoint
+from posenet_ros.training.config import load_config
+from posenet_ros.training.holdout import holdout_split
+from posenet_ros.training.train import _labels_fingerprint, train, translation_normalization
 
 
 @pytest.fixture(scope='module')
@@ -156,7 +156,7 @@ def test_time_budget_stops_exports_and_resumes(tiny_scene, tmp_path):
 
 
 def test_cli_time_budget_flag_and_old_val_split(tiny_scene, tmp_path, capsys):
-    from posenet_ros.train import main
+    from posenet_ros.training.train import main
 
     assert main(['--time-budget', '1h30m', '--val-split', 'test', '--print-config']) == 0
     out = capsys.readouterr().out
@@ -165,7 +165,7 @@ def test_cli_time_budget_flag_and_old_val_split(tiny_scene, tmp_path, capsys):
 
 
 def test_budget_refit_keeps_the_cosine_continuous_and_ends_at_its_floor():
-    from posenet_ros.train import _lr_lambda, _SchedulePlan
+    from posenet_ros.training.train import _lr_lambda, _SchedulePlan
 
     cfg = load_config(None, {'epochs': 10, 'warmup_epochs': 1, 'min_lr_ratio': 0.01})
     spe = 8

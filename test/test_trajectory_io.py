@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from posenet_ros.errors import TrajectoryFormatError
-from posenet_ros.geometry import canonicalize_quaternion
-from posenet_ros.trajectory_io import read_tum, write_tum
+from posenet_ros.core.errors import TrajectoryFormatError
+from posenet_ros.core.geometry import canonicalize_quaternion
+from posenet_ros.evaluation.trajectory_io import read_tum, write_tum
 
 
 def test_roundtrip_is_exact(tmp_path):

@@ -18,8 +18,7 @@ from helpers_learning import SEED, check_below, sabotage_labels
 from helpers_model import make_tiny_export
 
 from posenet_ros.cli import main as cli_main
-from posenet_ros.datasets import PoseSample, load_dataset, load_image, write_manifest
-from posenet_ros.errors import (
+from posenet_ros.core.errors import (
     CorruptMapError,
     EmptySplitError,
     IncompatibleMapError,
@@ -28,10 +27,18 @@ from posenet_ros.errors import (
     MapNotFoundError,
     MissingIntrinsicsError,
 )
-from posenet_ros.export import read_metadata
-from posenet_ros.geometry import invert, rotation_error_deg, translation_error
-from posenet_ros.relocalizer import Relocalizer
-from posenet_ros.synthetic import ROOM, WALL_HEIGHT, SceneConfig, make_scene, render, write_dataset
+from posenet_ros.core.geometry import invert, rotation_error_deg, translation_error
+from posenet_ros.datasets import PoseSample, load_dataset, load_image, write_manifest
+from posenet_ros.model.export import read_metadata
+from posenet_ros.model.relocalizer import Relocalizer
+from posenet_ros.tools.synthetic import (
+    ROOM,
+    WALL_HEIGHT,
+    SceneConfig,
+    make_scene,
+    render,
+    write_dataset,
+)
 from posenet_ros.verify import MapLocalizer, load_map
 from posenet_ros.verify.build import parse_intrinsics
 from posenet_ros.verify.mapfile import MAP_VERSION, default_map_path, save_map
@@ -296,8 +303,8 @@ def test_covariance_matches_the_spread_of_repeated_solutions():
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     """A briefly trained export (ImageNet EfficientNet-Lite0, the demo's recipe) and its map."""
-    from posenet_ros.config import load_config
-    from posenet_ros.train import train
+    from posenet_ros.training.config import load_config
+    from posenet_ros.training.train import train
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp('trained')
@@ -317,7 +324,7 @@ def trained(tmp_path_factory):
 @pytest.mark.learning
 def test_evaluate_with_map_reports_coarse_and_refined_with_a_trained_model(trained):
     """No pose prior: candidates come from the trained network's pose and features."""
-    from posenet_ros.evaluate import load_summary
+    from posenet_ros.evaluation.evaluate import load_summary
 
     root, ds, model = trained
     out = root / 'report'

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from posenet_ros.core.errors import BagError
+from posenet_ros.core.geometry import compose, invert, pose_to_matrix, xyzw_to_wxyz
+from posenet_ros.core.tf_tree import tree_path
 from posenet_ros.datasets.types import intrinsics_matrix
-from posenet_ros.errors import BagError
-from posenet_ros.geometry import compose, invert, pose_to_matrix, xyzw_to_wxyz
-from posenet_ros.tf_tree import tree_path
 
 __all__ = ['IMAGE_TYPES', 'POSE_TYPES', 'TF_TYPE', 'CAMERA_INFO_TYPE', 'STORAGE_SUFFIXES',
            'is_bag', 'resolve_bag', 'storage_files', 'open_reader', 'iter_messages',

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from posenet_ros.core.errors import DatasetError, LabelFormatError
 from posenet_ros.datasets.types import (
     SPLITS,
     PoseSample,
@@ -27,7 +28,6 @@ from posenet_ros.datasets.types import (
     checked_quaternion,
     select_split,
 )
-from posenet_ros.errors import DatasetError, LabelFormatError
 
 __all__ = ['read_cambridge', 'is_cambridge', 'LABEL_FILES', 'HEADER_LINES']
 

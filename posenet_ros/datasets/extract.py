@@ -14,11 +14,11 @@ from pathlib import Path
 
 import cv2
 
+from posenet_ros.core.errors import ConfigError, DatasetError
 from posenet_ros.datasets.bagio import add_frame_args, frame_kwargs
 from posenet_ros.datasets.manifest import INFO_FILE, MANIFEST_FILE, write_manifest
 from posenet_ros.datasets.rosbag_reader import BagDataset, BagStats
 from posenet_ros.datasets.types import PoseSample
-from posenet_ros.errors import ConfigError, DatasetError
 
 __all__ = ['extract_bag', 'assign_split', 'main']
 
@@ -54,7 +54,7 @@ def extract_bag(bag, out_dir, image_topic: str | None = None, pose_topic: str | 
     frames recorded T seconds after the first kept frame in 'test'; neither: all 'train'.
     Returns the :class:`BagStats` (also stored in dataset.json).
     """
-    from posenet_ros.progress import progress as _progress
+    from posenet_ros.core.progress import progress as _progress
 
     if test_every < 0 or (test_after is not None and test_after < 0):
         raise ConfigError('test_every and test_after must be >= 0')

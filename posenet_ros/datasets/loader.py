@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from posenet_ros.core.errors import DatasetError
 from posenet_ros.datasets.cambridge import is_cambridge, read_cambridge
 from posenet_ros.datasets.manifest import is_manifest, read_manifest
 from posenet_ros.datasets.seven_scenes import is_seven_scenes, read_seven_scenes
 from posenet_ros.datasets.types import PoseSample, select_split
-from posenet_ros.errors import DatasetError
 
 __all__ = ['load_dataset', 'detect_kind', 'KINDS']
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from posenet_ros.core.errors import DatasetError, LabelFormatError
 from posenet_ros.datasets.types import (
     PoseSample,
     _NormReport,
@@ -24,7 +25,6 @@ from posenet_ros.datasets.types import (
     intrinsics_matrix,
     select_split,
 )
-from posenet_ros.errors import DatasetError, LabelFormatError
 
 __all__ = [
     'read_manifest', 'write_manifest', 'read_manifest_info', 'is_manifest', 'MANIFEST_FILE',

@@ -36,6 +36,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from posenet_ros.core.errors import BagError, ImageConversionError
+from posenet_ros.core.geometry import (
+    canonicalize_quaternion,
+    compose,
+    interpolate_pose,
+    invert,
+    matrix_to_pose,
+    pose_to_matrix,
+    xyzw_to_wxyz,
+)
+from posenet_ros.core.tf_tree import tree_path
 from posenet_ros.datasets import bagio
 from posenet_ros.datasets.bagio import (
     CAMERA_INFO_TYPE,
@@ -46,17 +57,6 @@ from posenet_ros.datasets.bagio import (
     strip_frame,
 )
 from posenet_ros.datasets.types import PoseSample
-from posenet_ros.errors import BagError, ImageConversionError
-from posenet_ros.geometry import (
-    canonicalize_quaternion,
-    compose,
-    interpolate_pose,
-    invert,
-    matrix_to_pose,
-    pose_to_matrix,
-    xyzw_to_wxyz,
-)
-from posenet_ros.tf_tree import tree_path
 
 __all__ = ['BagStats', 'BagDataset', 'read_bag', 'is_bag', 'IMAGE_TYPES', 'POSE_TYPES',
            'TF_TYPE', 'CAMERA_INFO_TYPE']
@@ -396,7 +396,7 @@ class BagDataset:
 
     def __iter__(self) -> Iterator[PoseSample]:
         """Yield one :class:`PoseSample` (in-memory RGB image) per image with a pose."""
-        from posenet_ros.image_conversion import compressed_msg_to_rgb, image_msg_to_rgb
+        from posenet_ros.core.image_conversion import compressed_msg_to_rgb, image_msg_to_rgb
 
         st = self.stats
         index = -1

@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from posenet_ros.core.errors import BagError
 from posenet_ros.datasets.bagio import STORAGE_SUFFIXES, storage_files
-from posenet_ros.errors import BagError
 
 __all__ = ['SalvageReport', 'salvage_bag', 'main']
 

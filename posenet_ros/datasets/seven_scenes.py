@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from posenet_ros.core.errors import DatasetError, LabelFormatError
+from posenet_ros.core.geometry import matrix_to_pose
 from posenet_ros.datasets.types import (
     SPLITS,
     PoseSample,
@@ -26,8 +28,6 @@ from posenet_ros.datasets.types import (
     intrinsics_matrix,
     select_split,
 )
-from posenet_ros.errors import DatasetError, LabelFormatError
-from posenet_ros.geometry import matrix_to_pose
 
 __all__ = ['read_seven_scenes', 'is_seven_scenes', 'SEVEN_SCENES_K', 'SPLIT_FILES']
 

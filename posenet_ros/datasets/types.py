@@ -1,7 +1,8 @@
 """The one in-memory form of a dataset sample, and helpers every reader shares.
 
 Every reader (Cambridge, 7-Scenes, rosbag2, manifest) returns ``list[PoseSample]`` in the
-project's convention (see ``posenet_ros.geometry``): ``position`` = camera centre in the map frame
+project's convention (see ``posenet_ros.core.geometry``):
+``position`` = camera centre in the map frame
 (metres), ``quaternion`` = camera-to-map rotation of the REP 103 optical frame (z forward, x right,
 y down), **wxyz**, canonical ``w >= 0``.
 """
@@ -15,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from posenet_ros.errors import DatasetError, EmptySplitError
-from posenet_ros.geometry import canonicalize_quaternion, pose_to_matrix
+from posenet_ros.core.errors import DatasetError, EmptySplitError
+from posenet_ros.core.geometry import canonicalize_quaternion, pose_to_matrix
 
 __all__ = [
     'PoseSample', 'load_image', 'check_images_exist', 'intrinsics_matrix', 'checked_quaternion',

@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from posenet_ros.errors import AlignmentError
-from posenet_ros.geometry import matrix_to_quat, quat_to_matrix
+from posenet_ros.core.errors import AlignmentError
+from posenet_ros.core.geometry import matrix_to_quat, quat_to_matrix
 
 __all__ = ['Sim3', 'umeyama', 'estimate_sim3', 'align_poses', 'residual_stats',
            'scale_from_distance', 'apply_to_samples']

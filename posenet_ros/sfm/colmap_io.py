@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from posenet_ros.errors import SfMFormatError
-from posenet_ros.geometry import canonicalize_quaternion, matrix_to_quat, quat_to_matrix
+from posenet_ros.core.errors import SfMFormatError
+from posenet_ros.core.geometry import canonicalize_quaternion, matrix_to_quat, quat_to_matrix
 
 __all__ = ['SfmCamera', 'SfmImage', 'SfmModel', 'read_colmap_model', 'find_colmap_models',
            'is_colmap_model', 'model_from_reconstruction', 'COLMAP_PIXEL_OFFSET']

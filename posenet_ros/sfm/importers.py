@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from posenet_ros.core.errors import AlignmentError, ConfigError, SfMFormatError
 from posenet_ros.datasets.manifest import write_manifest
 from posenet_ros.datasets.types import PoseSample
-from posenet_ros.errors import AlignmentError, ConfigError, SfMFormatError
 from posenet_ros.sfm.align import (
     Sim3,
     align_poses,

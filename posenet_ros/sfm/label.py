@@ -27,8 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from posenet_ros.core.errors import ConfigError, SfMReconstructionError
 from posenet_ros.datasets.bagio import add_frame_args, frame_kwargs, is_bag
-from posenet_ros.errors import ConfigError, SfMReconstructionError
 from posenet_ros.sfm.colmap_io import COLMAP_PIXEL_OFFSET, SfmModel, model_from_reconstruction
 from posenet_ros.sfm.importers import (
     _summary_lines,
@@ -113,7 +113,7 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 
 
 def _progress(total, desc, show):
-    from posenet_ros.progress import progress
+    from posenet_ros.core.progress import progress
 
     return progress(total=total, desc=desc, unit='frame', disable=not show)
 
@@ -199,8 +199,8 @@ def _bag_reference(bag, reader, image_topic, pose_topic, tf, frame_args):
 def _collect_bag(src: Path, images_dir: Path, sub: _Subsampler, max_frames, show,
                  image_topic=None, pose_topic=None, tf=None, use_reference=True,
                  camera_frame=None, pose_frame=None, camera_in_base=None) -> FrameSet:
+    from posenet_ros.core.image_conversion import compressed_msg_to_rgb, image_msg_to_rgb
     from posenet_ros.datasets import bagio
-    from posenet_ros.image_conversion import compressed_msg_to_rgb, image_msg_to_rgb
 
     rd, bag = bagio.open_reader(src)
     frame_args = {'camera_frame': camera_frame, 'pose_frame': pose_frame,

@@ -15,9 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from posenet_ros.core.errors import SfMFormatError
+from posenet_ros.core.geometry import canonicalize_quaternion, quat_to_matrix
 from posenet_ros.datasets.types import intrinsics_matrix
-from posenet_ros.errors import SfMFormatError
-from posenet_ros.geometry import canonicalize_quaternion, quat_to_matrix
 from posenet_ros.sfm.colmap_io import SfmCamera, SfmImage, SfmModel
 
 __all__ = ['read_nvm', 'is_nvm', 'image_size']

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from posenet_ros.errors import MapBuildError, MissingIntrinsicsError
+from posenet_ros.core.errors import MapBuildError, MissingIntrinsicsError
 from posenet_ros.verify.features import (
     DEFAULT_MAX_FEATURES,
     FEATURE_KINDS,
@@ -81,13 +81,13 @@ def parse_intrinsics(text: str):
 
 
 class _Steps:
-    """Progress per step (``posenet_ros.progress``: a tqdm bar on a terminal, else log lines)."""
+    """Progress per step (``core.progress``: a tqdm bar on a terminal, else log lines)."""
 
     def __init__(self, show: bool):
         self.show = show
 
     def __call__(self, iterable, desc: str, total: int):
-        from posenet_ros.progress import progress
+        from posenet_ros.core.progress import progress
 
         yield from progress(iterable, total=total, desc=f'map: {desc}', unit='it',
                             disable=not self.show)
@@ -135,9 +135,9 @@ def build_map(model, out=None, *, dataset=None, split: str = 'train', dataset_ki
     for every frame (overrides the dataset's). ``global_features=False`` stores no network
     features (candidate selection then uses the coarse pose only).
     """
+    from posenet_ros.core.errors import ModelNotFoundError
     from posenet_ros.datasets import load_image
-    from posenet_ros.errors import ModelNotFoundError
-    from posenet_ros.export import read_metadata
+    from posenet_ros.model.export import read_metadata
 
     cfg = config or MapConfig()
     if cfg.feature not in FEATURE_KINDS:
@@ -159,7 +159,7 @@ def build_map(model, out=None, *, dataset=None, split: str = 'train', dataset_ki
     feats, sizes, globals_ = [], [], []
     extractor = None
     if global_features:
-        from posenet_ros.baselines import network_feature_extractor
+        from posenet_ros.evaluation.baselines import network_feature_extractor
 
         extractor = network_feature_extractor(model, device)
         if extractor is None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from posenet_ros.errors import ConfigError
+from posenet_ros.core.errors import ConfigError
 
 __all__ = ['FEATURE_KINDS', 'LocalFeatures', 'extract_features', 'match_descriptors',
            'matcher_descriptors']

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from posenet_ros.atomic import atomic_path
-from posenet_ros.errors import (
+from posenet_ros.core.atomic import atomic_path
+from posenet_ros.core.errors import (
     CorruptMapError,
     IncompatibleMapError,
     MapMismatchError,

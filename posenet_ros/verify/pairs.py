@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from posenet_ros.geometry import quat_to_matrix
+from posenet_ros.core.geometry import quat_to_matrix
 
 __all__ = ['optical_axes', 'select_pairs', 'DEFAULT_RANKS']
 

@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
-from posenet_ros.errors import MissingIntrinsicsError
-from posenet_ros.geometry import invert, matrix_to_quat, quat_to_matrix
+from posenet_ros.core.errors import MissingIntrinsicsError
+from posenet_ros.core.geometry import invert, matrix_to_quat, quat_to_matrix
 from posenet_ros.verify.features import extract_features, match_descriptors, matcher_descriptors
 from posenet_ros.verify.mapfile import SceneMap
 from posenet_ros.verify.pairs import optical_axes

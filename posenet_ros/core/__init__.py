@@ -1,0 +1,1 @@
+"""Geometry, transforms, stamps, errors, atomic files, progress: no torch, no rclpy."""

@@ -1,0 +1,1 @@
+"""Accuracy and latency evaluation: metrics, baselines, reports, plots."""

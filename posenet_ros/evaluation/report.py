@@ -1,0 +1,348 @@
+"""Evaluation reports shared by ``posenet-ros evaluate`` and the live evaluation (no rclpy).
+
+A report compares methods on the same frames: the model under test first, then the refined
+pose of verified frames and the baselines (mean training pose, nearest training frame). It is
+written as ``frames.csv``, ``summary.json``/``summary.md``, plots and TUM trajectories by
+:func:`write_report`. :func:`selection_warning` says when the model being scored was selected
+on the very split it is scored on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from posenet_ros.core.errors import EvaluationError, PoseNetError
+from posenet_ros.evaluation.metrics import (
+    RECALL_THRESHOLDS,
+    frame_errors,
+    json_safe,
+    summarize,
+    threshold_key,
+)
+
+__all__ = ['MODEL_METHOD', 'REFINED_METHOD', 'WRONG_VERIFIED', 'STATUS_CODE', 'GroundTruth',
+           'MethodResult', 'format_markdown', 'write_report', 'load_summary',
+           'verification_summary', 'baseline_training_set', 'add_baselines',
+           'selection_warning']
+
+MODEL_METHOD = 'posenet'
+REFINED_METHOD = 'refined'
+# A verified pose farther than this from the truth is counted as wrong.
+WRONG_VERIFIED = (0.25, 2.0)  # metres, degrees
+STATUS_CODE = {'rejected': 0, 'unverified': 1, 'verified': 2}
+
+
+@dataclass
+class GroundTruth:
+    """The evaluated frames: names, stamps (s; NaN when unknown) and true poses (wxyz)."""
+
+    names: list[str]
+    stamps: np.ndarray  # (N,)
+    positions: np.ndarray  # (N, 3)
+    quaternions: np.ndarray  # (N, 4) wxyz
+
+
+@dataclass
+class MethodResult:
+    """Predictions of one method on the frames of a :class:`GroundTruth` (same order).
+
+    ``valid`` False = failure (no or non-finite output). ``ms`` = per-frame cost in
+    milliseconds (NaN when not measured). ``extra`` = more per-frame columns for the CSV.
+    """
+
+    positions: np.ndarray  # (N, 3)
+    quaternions: np.ndarray  # (N, 4) wxyz
+    valid: np.ndarray  # (N,) bool
+    ms: np.ndarray | None = None  # (N,)
+    description: str = ''
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, n: int, description: str = '') -> MethodResult:
+        """All-failed result of ``n`` frames, to be filled in."""
+        return cls(np.full((n, 3), np.nan), np.full((n, 4), np.nan), np.zeros(n, bool),
+                   np.full(n, np.nan), description)
+
+
+# --- report files ---------------------------------------------------------------------------
+def _fmt(v: float, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return '-'
+    if isinstance(v, float) and math.isinf(v):
+        return 'inf'
+    return f'{v:.{digits}f}'
+
+
+def format_markdown(summary: dict) -> str:
+    """Markdown report of a ``summary.json`` document (one table row per method)."""
+    keys = [threshold_key(t, r) for t, r in RECALL_THRESHOLDS]
+    lines = [f'# {summary.get("title", "Relocalization evaluation")}', '']
+    for k, v in summary.get('source', {}).items():
+        lines.append(f'- {k}: `{v}`')
+    lines += ['', '| method | frames | failed | median t [m] | median r [deg] | mean t [m] | '
+              'p90 t [m] | p90 r [deg] | ' + ' | '.join(f'recall {k}' for k in keys)
+              + ' | ms p50 | ms p95 |',
+              '|---' * (10 + len(keys)) + '|']
+    for name, s in summary['methods'].items():
+        ms = s.get('ms', {})
+        row = [name, str(s['n_frames']), str(s['n_failed']),
+               _fmt(s['translation_m']['median']), _fmt(s['rotation_deg']['median'], 2),
+               _fmt(s['translation_m']['mean']), _fmt(s['translation_m']['p90']),
+               _fmt(s['rotation_deg']['p90'], 2)]
+        row += [_fmt(100 * s['recall'][k], 1) + ' %' for k in keys]
+        row += [_fmt(ms.get('p50', math.nan), 2), _fmt(ms.get('p95', math.nan), 2)]
+        lines.append('| ' + ' | '.join(row) + ' |')
+    lines.append('')
+    for name, d in summary.get('descriptions', {}).items():
+        if d:
+            lines.append(f'- **{name}**: {d}')
+    ver = summary.get('verification')
+    if ver:
+        lines += ['', '## Verification against the scene map', '',
+                  f'- map `{ver["map"]}`: {ver["n_verified"]} of {ver["n_frames"]} frames '
+                  f'verified ({100 * ver["verified_fraction"]:.1f} %), {ver["n_unverified"]} '
+                  f'unverified, {ver["n_rejected"]} rejected',
+                  f'- verified frames: median error {_fmt(ver["verified_median_t_m"], 4)} m / '
+                  f'{_fmt(ver["verified_median_r_deg"], 3)} deg (coarse on the same frames '
+                  f'{_fmt(ver["coarse_median_t_m_on_verified"], 3)} m / '
+                  f'{_fmt(ver["coarse_median_r_deg_on_verified"], 2)} deg)',
+                  f'- wrong verified (> {WRONG_VERIFIED[0]} m or > {WRONG_VERIFIED[1]} deg): '
+                  f'{ver["n_wrong_verified"]} ({100 * ver["wrong_verified_fraction"]:.2f} % of '
+                  'verified)',
+                  '- refinement ms p50/p95: ' + ', '.join(
+                      f'{k} {_fmt(v["p50"], 1)}/{_fmt(v["p95"], 1)}'
+                      for k, v in ver['ms'].items())]
+    for note in summary.get('notes', []):
+        lines.append(f'- note: {note}')
+    if summary.get('files'):
+        lines += ['', 'Files: ' + ', '.join(f'[{v}]({v})' for v in summary['files'].values())]
+    return '\n'.join(lines) + '\n'
+
+
+def _restore_inf(obj):
+    """Inverse of :func:`json_safe` for the summary numbers ('inf' strings -> floats)."""
+    if isinstance(obj, dict):
+        return {k: _restore_inf(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_restore_inf(v) for v in obj]
+    if obj in ('inf', '-inf', 'nan'):
+        return float(obj)
+    return obj
+
+
+def write_report(out_dir, gt: GroundTruth, methods: Mapping[str, MethodResult], *,
+                 title: str = 'Relocalization evaluation', source: dict | None = None,
+                 train_positions: np.ndarray | None = None, notes: Iterable[str] = (),
+                 extra_summary: dict | None = None) -> dict:
+    """Write CSV, JSON, Markdown, plots and TUM files of an evaluation; returns the summary.
+
+    ``methods``: the first entry is the model under test (its predictions go to the TUM file
+    and the map), the others are compared against it on the same frames.
+    """
+    from posenet_ros.evaluation import plots
+    from posenet_ros.evaluation.trajectory_io import write_tum
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n = len(gt.names)
+    errors, summaries = {}, {}
+    for name, m in methods.items():
+        if len(m.positions) != n:
+            raise EvaluationError(f'method {name!r} has {len(m.positions)} predictions for {n} '
+                                  'frames')
+        t_err, r_err = frame_errors(m.positions, m.quaternions, gt.positions, gt.quaternions,
+                                    m.valid)
+        errors[name] = (t_err, r_err)
+        ms = None if m.ms is None or not np.isfinite(m.ms).any() else m.ms
+        summaries[name] = summarize(t_err, r_err, ms)
+    main_name = next(iter(methods))
+    main = methods[main_name]
+    has_stamps = np.isfinite(gt.stamps).all()
+    times = gt.stamps if has_stamps else np.arange(n, dtype=np.float64)
+
+    # Per-frame CSV.
+    csv_path = out / 'frames.csv'
+    extra_cols = list(main.extra)
+    header = ['name', 'stamp', 'true_x', 'true_y', 'true_z', 'true_qw', 'true_qx', 'true_qy',
+              'true_qz', 'pred_x', 'pred_y', 'pred_z', 'pred_qw', 'pred_qx', 'pred_qy',
+              'pred_qz', 'valid', 't_err_m', 'r_err_deg', 'ms', *extra_cols]
+    others = [k for k in methods if k != main_name]
+    for k in others:
+        header += [f'{k}_t_err_m', f'{k}_r_err_deg']
+    with open(csv_path, 'w', encoding='utf-8', newline='') as fh:
+        w = csv.writer(fh, lineterminator='\n')
+        w.writerow(header)
+        for i in range(n):
+            t_err, r_err = errors[main_name]
+            row = [gt.names[i], repr(float(gt.stamps[i])), *map(repr, gt.positions[i].tolist()),
+                   *map(repr, gt.quaternions[i].tolist()),
+                   *map(repr, main.positions[i].tolist()),
+                   *map(repr, main.quaternions[i].tolist()), int(bool(main.valid[i])),
+                   repr(float(t_err[i])), repr(float(r_err[i])),
+                   repr(float(main.ms[i])) if main.ms is not None else 'nan']
+            row += [repr(float(np.asarray(main.extra[c])[i])) for c in extra_cols]
+            for k in others:
+                row += [repr(float(errors[k][0][i])), repr(float(errors[k][1][i]))]
+            w.writerow(row)
+
+    # TUM trajectories (stamps: header stamps, or the frame index when unknown).
+    write_tum(out / 'prediction.tum', times, main.positions,
+              np.where(main.valid[:, None], main.quaternions, np.nan),
+              comment=f'{main_name} predictions; failed frames omitted')
+    write_tum(out / 'ground_truth.tum', times, gt.positions, gt.quaternions,
+              comment='ground truth')
+
+    # Plots.
+    plots.plot_error_cdf(errors, out / 'cdf.png', title=title)
+    pred_pos = np.where(main.valid[:, None], main.positions, np.nan)
+    plots.plot_trajectory_map(train_positions, gt.positions, pred_pos, out / 'map.png',
+                              title=f'{title}: top-down map')
+    t0 = times[0] if n else 0.0
+    plots.plot_error_over_time(times - t0, *errors[main_name], out / 'errors_over_time.png',
+                               title=f'{title}: {main_name} error per frame',
+                               time_label=(f'time since first frame (stamp {t0:.3f}) [s]'
+                                           if has_stamps else 'frame index'))
+    files = {'frames': csv_path.name, 'summary_json': 'summary.json', 'summary_md': 'summary.md',
+             'cdf': 'cdf.png', 'map': 'map.png', 'errors_over_time': 'errors_over_time.png',
+             'prediction_tum': 'prediction.tum', 'ground_truth_tum': 'ground_truth.tum'}
+    plot_paths = {k: str((out / files[k]).resolve()) for k in ('cdf', 'map', 'errors_over_time')}
+    summary = {
+        'title': title,
+        'source': dict(source or {}),
+        'methods': summaries,
+        'descriptions': {k: m.description for k, m in methods.items()},
+        'notes': list(notes),
+        'files': files,
+        'plots': plot_paths,
+        **(extra_summary or {}),
+    }
+    (out / 'summary.json').write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False)
+                                      + '\n', encoding='utf-8')
+    (out / 'summary.md').write_text(format_markdown(summary), encoding='utf-8')
+    return summary
+
+
+def load_summary(path) -> dict:
+    """Read a ``summary.json`` back with infinities restored as floats."""
+    return _restore_inf(json.loads(Path(path).read_text(encoding='utf-8')))
+
+
+# --- baselines ------------------------------------------------------------------------------
+def baseline_training_set(dataset, split, train_dataset, meta, notes):
+    """Training samples for the baselines, or [] (with a note) when none can be found."""
+    from posenet_ros.datasets import load_dataset
+
+    if train_dataset is not None:
+        return load_dataset(train_dataset, 'train'), str(train_dataset)
+    if dataset is not None and split != 'train':
+        try:
+            return load_dataset(dataset, 'train'), f'{dataset} (train split)'
+        except PoseNetError as exc:
+            notes.append(f'no training split in {dataset} for baselines: {exc}')
+    training = meta.get('training') or {}
+    recorded = training.get('dataset') or (meta.get('config') or {}).get('dataset')
+    train_split = str(training.get('train_split') or 'train')
+    if recorded and Path(recorded).exists():
+        try:
+            return (load_dataset(recorded, train_split),
+                    f'{recorded} ({train_split} split, from the model metadata)')
+        except PoseNetError as exc:
+            notes.append(f'training set recorded in the model ({recorded}) unreadable: {exc}')
+    notes.append('baselines skipped: no training set (pass --train-dataset DIR)')
+    return [], ''
+
+
+def add_baselines(methods, train, extractor, test_feats, n, show_progress, train_src):
+    """Mean-pose and nearest-neighbour predictions for the ``n`` evaluated frames."""
+    from posenet_ros.core.progress import progress
+    from posenet_ros.datasets import load_image
+    from posenet_ros.evaluation.baselines import mean_pose, nearest_neighbour
+
+    train_p = np.array([s.position for s in train])
+    train_q = np.array([s.quaternion for s in train])
+    p, q = mean_pose(train_p, train_q)
+    methods['mean_pose'] = MethodResult(
+        np.tile(p, (n, 1)), np.tile(q, (n, 1)), np.ones(n, bool), None,
+        f'mean training pose of {train_src} ({len(train)} frames)')
+    if extractor is None:
+        return
+    t0 = time.perf_counter()
+    train_feats = []
+    for s in progress(train, desc='nn features', unit='frame', disable=not show_progress):
+        train_feats.append(extractor([load_image(s)])[0])
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    idx = nearest_neighbour(np.stack(train_feats), np.stack(test_feats))
+    search_ms = (time.perf_counter() - t0) * 1e3 / n
+    methods['nearest_neighbour'] = MethodResult(
+        train_p[idx], train_q[idx], np.ones(n, bool), np.full(n, search_ms),
+        f'pose of the nearest training frame by cosine similarity of {extractor.description} '
+        f'({len(train)} frames indexed in {build_s:.1f} s; ms = search only, feature '
+        'extraction not included)')
+
+
+
+# --- verification ---------------------------------------------------------------------------
+def verification_summary(coarse: MethodResult, refined: MethodResult, gt: GroundTruth, map_path,
+                         statuses: list[str], inliers: np.ndarray, stages: dict) -> dict:
+    """The ``verification`` section of a summary (offline and live evaluation).
+
+    ``refined.valid`` marks the verified frames; ``statuses`` holds each frame's status;
+    ``stages``: ms p50/p95 per refinement stage.
+    """
+    r = refined
+    n = len(statuses)
+    t_err, r_err = frame_errors(r.positions, r.quaternions, gt.positions, gt.quaternions,
+                                r.valid)
+    ct, cr = frame_errors(coarse.positions, coarse.quaternions, gt.positions, gt.quaternions,
+                          coarse.valid)
+    ok = r.valid
+    wrong = ok & ((t_err > WRONG_VERIFIED[0]) | (r_err > WRONG_VERIFIED[1]))
+    n_ok = int(ok.sum())
+
+    def med(a):
+        a = np.asarray(a, float)
+        a = a[np.isfinite(a)]
+        return float(np.median(a)) if len(a) else math.nan
+
+    return {
+        'map': str(map_path), 'n_frames': n, 'n_verified': n_ok,
+        'n_unverified': statuses.count('unverified'), 'n_rejected': statuses.count('rejected'),
+        'verified_fraction': n_ok / n if n else math.nan,
+        'verified_median_t_m': med(t_err[ok]), 'verified_median_r_deg': med(r_err[ok]),
+        'coarse_median_t_m_on_verified': med(ct[ok]),
+        'coarse_median_r_deg_on_verified': med(cr[ok]),
+        'wrong_threshold': {'m': WRONG_VERIFIED[0], 'deg': WRONG_VERIFIED[1]},
+        'n_wrong_verified': int(wrong.sum()),
+        'wrong_verified_fraction': float(wrong.sum() / n_ok) if n_ok else 0.0,
+        'median_inliers_verified': med(np.asarray(inliers, float)[ok]),
+        'ms': stages,
+    }
+
+
+def selection_warning(meta: Mapping, dataset, split: str) -> str | None:
+    """A warning when the export was selected (``best.pt``) on the split now being scored.
+
+    The trainer records the split that chose the exported model as ``training.selected_on``
+    (``holdout``: frames carved out of the training split; a split name; ``None``: the last
+    epoch was exported). Scores on the selecting split are optimistic.
+    """
+    training = meta.get('training') or {}
+    selected = training.get('selected_on', training.get('val_split'))  # older exports
+    if dataset is None or not selected or selected != split:
+        return None
+    recorded = training.get('dataset')
+    if recorded and Path(recorded).resolve() != Path(dataset).resolve():
+        return None
+    return (f'the model was selected on the {split!r} split of {recorded or dataset} (best.pt '
+            'by validation error on it), the split scored here: these numbers are optimistic. '
+            'Train with val_split: holdout (the default) to keep the test split out of model '
+            'selection')

@@ -1,0 +1,1 @@
+"""The synthetic scene, the demo and the paper studies."""

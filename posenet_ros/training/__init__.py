@@ -1,0 +1,1 @@
+"""The trainer (``posenet-ros train``): config, loop, losses, checkpoints, budget."""
