@@ -67,7 +67,9 @@ def test_rviz_config_shows_topics_the_node_publishes():
     manager = view['Visualization Manager']
     assert manager['Global Options']['Fixed Frame'] == 'map'
     displays = manager['Displays']
-    node_src = (ROOT / 'posenet_ros' / 'node' / 'relocalize_node.py').read_text()
+    from helpers_docs import node_source_text
+
+    node_src = node_source_text()  # the node module and the posenet_ros modules it imports
     published = set(re.findall(r"create_publisher\([^,]+,\s*'~/(\w+)'", node_src))
     assert {'pose', 'base_pose_with_covariance', 'verified_pose'} <= published
     shown = []
