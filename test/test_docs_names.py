@@ -80,7 +80,7 @@ ROS_CLI_FLAGS = {'--ros-args', '--params-file', '--log-level', '-p', '--param', 
 # Flags written on their own in inline code that belong to other tools.
 FOREIGN_FLAGS = {
     '--system-site-packages': 'python3 -m venv: lets the venv see the apt-installed rclpy',
-    '-a': "evo_ape's trajectory alignment, named to say why the README does not use it",
+    '-a': "evo_ape's trajectory alignment, named to say why the evo tutorial does not use it",
 }
 
 # snake_case names in inline code that are other software's (not found in our code on purpose).

@@ -1,18 +1,20 @@
-"""The README's three journeys, run as written on the synthetic scene's bags.
+"""The three journeys of docs/tutorials.md, run as written on the synthetic scene's bags.
 
-The journeys' code blocks are marked in README.md by an HTML comment right before the fence
-(``<!-- journey: NAME -->``, invisible on GitHub). This file parses those blocks (backslash
+The journeys' code blocks are marked in docs/tutorials.md by an HTML comment right before the
+fence (``<!-- journey: NAME -->``, invisible on GitHub). This file parses those blocks (backslash
 continuations joined, ``#`` comments stripped), substitutes only the user's placeholders and runs
-each command in one temporary working directory, in README order, so the relative paths the
-README uses (``data/my_scene``, ``models/my_scene.ts``, ``reports/my_scene``) chain the journeys:
+each command in one temporary working directory, in the page's order, so the relative paths the
+tutorials use (``data/my_scene``, ``models/my_scene.ts``, ``reports/my_scene``) chain the
+journeys:
 
-1. ``train-on-bag`` (README "Training on your own scene"): record -> extract-bag -> train -> map.
-2. ``next-to-amcl`` (README "Using it as a SLAM fallback", namespaced robots): the params file
-   is written from the README's yaml block, the node is started with the README's pip command
-   line, the ``~/relocalize`` call is made, and the hint must arrive on ``/robot1/initialpose``
-   as the BASE pose in ``map``, checked against the bag's ``/ground_truth/base_pose``.
-3. ``evaluate-bag`` (README "Evaluating with bags and evo"): the evaluation of a replayed bag
-   with ground truth from TF, checked against the bag's ``/ground_truth/pose``.
+1. ``train-on-bag`` ("Train on your own scene"): record -> extract-bag -> train -> map.
+2. ``next-to-amcl`` ("Next to Nav2 AMCL or a SLAM stack", namespaced robots): the params file
+   is written from the tutorial's yaml block, the node is started with the tutorial's pip
+   command line, the ``~/relocalize`` call is made, and the hint must arrive on
+   ``/robot1/initialpose`` as the BASE pose in ``map``, checked against the bag's
+   ``/ground_truth/base_pose``.
+3. ``evaluate-bag`` ("Evaluate a bag with evo"): the evaluation of a replayed bag with ground
+   truth from TF, checked against the bag's ``/ground_truth/pose``.
 
 The "robot": ``ros2 bag record`` cannot run here, so the synthetic scene's bags stand for the
 recordings (``my_bag``: the training laps, ``test_bag``: the test laps between them), both with
@@ -20,25 +22,27 @@ compressed images, camera_info and the real TF tree ``map -> odom -> base_link``
 ``base_link -> camera_link -> camera_optical`` (/tf_static).
 
 What is changed, and nothing else (the test fails on any command it neither runs nor lists in
-:data:`RULES`, so the README cannot drift away from what is tested):
+:data:`RULES`, so the tutorials cannot drift away from what is tested):
 
 * placeholders (:data:`PLACEHOLDERS`): ``my_bag``, ``test_bag``, ``/path/to/scene.ts``;
 * ``posenet-ros`` runs as ``python -m posenet_ros.cli``, ``relocalize_node`` as the venv's
   console script (``python -m posenet_ros.ros.relocalize_node`` where there is none);
-* the training is sized for a CPU test: :data:`TRAIN_OVERRIDES` are appended to the README's
-  train command (argparse: the last value of a flag wins), i.e. the CPU demo recipe
+* the training is sized for a CPU test: :data:`TRAIN_OVERRIDES` are appended to the
+  tutorial's train command (argparse: the last value of a flag wins), i.e. the CPU demo recipe
   ``config/train_demo_cpu.yaml`` at 64/56 px for a few epochs on the CPU with one thread and no
-  ``.pt2`` export (a ``--time-budget`` in the README's command stays; the epochs bound it);
+  ``.pt2`` export (a ``--time-budget`` in the tutorial's command stays; the epochs bound it);
 * the node: ``-p use_sim_time:=true`` (the robot is a replayed bag: the player publishes
-  ``/clock`` with the bag time, as the README says for trying it on a bag, so ``max_image_age`` and
-  ``relocalize_timeout`` measure bag time) and ``-p num_threads:=1`` (a shared 2-core machine);
+  ``/clock`` with the bag time, as the tutorial says for trying it on a bag, so
+  ``max_image_age`` and ``relocalize_timeout`` measure bag time) and ``-p num_threads:=1`` (a
+  shared 2-core machine);
 * commands that cannot run here are listed in :data:`RULES` with the reason; ``ros2 service
-  call`` is replaced by an rclpy client making the same call on the service the README names.
+  call`` is replaced by an rclpy client making the same call on the service the tutorial
+  names.
 
-Journey 2 keeps the README's default ``refine: request``: the hint is sent only from a pose
+Journey 2 keeps the node's default ``refine: request``: the hint is sent only from a pose
 verified against the scene map that journey 1 builds (``posenet-ros map``). A briefly
 CPU-trained model is coarse (metres), but verification is what makes the hint trustworthy and
-is what a user following the README gets; ``refine: off`` would test a path the journey does
+is what a user following the tutorial gets; ``refine: off`` would test a path the journey does
 not take. So the hint must be within a few centimetres and 1 deg (yaw) of the TRUE base pose,
 and equal to the answer's camera pose composed with the bag's /tf_static mount: both fail if the
 node sent the camera pose (the camera is 1 m above and 0.2 m ahead of base_link), or a pose
@@ -48,6 +52,7 @@ through a wrong extrinsic. If the tiny model ever fails to verify, the call answ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -65,7 +70,7 @@ import pytest
 import yaml
 from ros_helpers import ROOT, ros_env
 
-README = ROOT / 'README.md'
+TUTORIALS = ROOT / 'docs' / 'tutorials.md'
 JOURNEYS = ('train-on-bag', 'next-to-amcl', 'evaluate-bag')
 N_TRAIN, N_TEST = 80, 24  # frames of the synthetic recordings (320x240, 30 Hz)
 
@@ -76,7 +81,7 @@ PLACEHOLDERS = {
     'evaluate-bag': {'test_bag': '{test_bag}'},
 }
 
-# CPU-sized training, appended to the README's `posenet-ros train` command.
+# CPU-sized training, appended to the tutorial's `posenet-ros train` command.
 TRAIN_OVERRIDES = ['--config', str(ROOT / 'config' / 'train_demo_cpu.yaml'), '--device', 'cpu',
                    '--epochs', '20', '--resize', '64', '--crop', '56', '--batch-size', '16',
                    '--num-threads', '1', '--no-export-pt2', '--no-progress']
@@ -102,10 +107,10 @@ _MARK = re.compile(r'^\s*<!-- journey: ([\w-]+) -->\s*$')
 _FENCE = re.compile(r'^(\s*)```(\w*)\s*$')
 
 
-# --- reading the README ----------------------------------------------------------------------
+# --- reading the tutorials -------------------------------------------------------------------
 def journey_blocks(text: str | None = None) -> dict[str, list[tuple[str, str]]]:
-    """``{journey: [(language, code), ...]}`` of the marked fenced blocks, in README order."""
-    lines = (README.read_text() if text is None else text).splitlines()
+    """``{journey: [(language, code), ...]}`` of the marked fenced blocks, in the page's order."""
+    lines = (TUTORIALS.read_text() if text is None else text).splitlines()
     out: dict[str, list[tuple[str, str]]] = {}
     i = 0
     while i < len(lines):
@@ -114,7 +119,7 @@ def journey_blocks(text: str | None = None) -> dict[str, list[tuple[str, str]]]:
             i += 1
             continue
         fence = _FENCE.match(lines[i + 1]) if i + 1 < len(lines) else None
-        assert fence, f'README line {i + 1}: a journey marker must stand right before a fence'
+        assert fence, f'line {i + 1}: a journey marker must stand right before a fence'
         indent, body, i = len(fence.group(1)), [], i + 2
         while not lines[i].strip().startswith('```'):
             body.append(lines[i][indent:])
@@ -138,7 +143,7 @@ def rule_of(argv: list[str]) -> tuple[str, ...] | None:
 
 
 def journey_commands(name: str) -> list[list[str]]:
-    """Every shell command of journey ``name``, in README order."""
+    """Every shell command of journey ``name``, in the page's order."""
     return [argv for lang, code in journey_blocks()[name] if lang == 'bash'
             for argv in commands(code)]
 
@@ -180,7 +185,7 @@ def _env() -> dict:
 
 
 def run(argv: list[str], cwd: Path) -> str:
-    """Run one README command in ``cwd``; its output (the test fails on a non-zero exit)."""
+    """Run one tutorial command in ``cwd``; its output (the test fails on a non-zero exit)."""
     out = subprocess.run(executable(argv), cwd=cwd, env=_env(), capture_output=True, text=True,
                          timeout=900)
     text = out.stdout + out.stderr
@@ -322,87 +327,107 @@ def _dyaw(a, b):
     return abs((a - b + 180.0) % 360.0 - 180.0)
 
 
-@pytest.mark.slow
-@pytest.mark.ros
-def test_next_to_amcl_namespaced(trained):
-    pytest.importorskip('rclpy')
-    pytest.importorskip('tf2_msgs.msg', reason='tf2_msgs is not built into this environment')
-    from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from ros_helpers import RosSession
-    from std_srvs.srv import Trigger
+def _amcl_params(d: Path) -> str:
+    """Write the params file from the tutorial's yaml block (its first line names the file).
 
-    from posenet_ros.core import geometry
-    from posenet_ros.ros.replay import BagPlayer
-    from posenet_ros.tools.synthetic import T_BASE_CAM
-
-    work, _ = trained
-    d = work['dir']
-    # The params file, written from the README's yaml block (its first line names the file).
+    Returns its ``initial_pose_topic``.
+    """
     [params_block] = [code for lang, code in journey_blocks()['next-to-amcl'] if lang == 'yaml']
     file_name = params_block.splitlines()[0].lstrip('# ').strip()
     (d / file_name).write_text(params_block + '\n')
     params = yaml.safe_load(params_block)['/**']['ros__parameters']
-    initial_topic = params['initial_pose_topic']
-    assert initial_topic == '/robot1/initialpose', params
+    assert params['initial_pose_topic'] == '/robot1/initialpose', params
+    return params['initial_pose_topic']
 
+
+def _amcl_commands(values: dict[str, str]) -> tuple[list[str], str, str]:
+    """The node's command line (test overrides appended), the service it calls, the namespace."""
     argvs = journey_commands('next-to-amcl')
     [node_argv] = [a for a in argvs if RULES[rule_of(a)][0] == 'run']
     [call] = [a for a in argvs if rule_of(a) == ('ros2', 'service', 'call')]
     service, srv_type = call[3], call[4]
     assert srv_type == 'std_srvs/srv/Trigger', call
-    node_argv = substitute('next-to-amcl', node_argv, work['values']) + NODE_OVERRIDES
+    node_argv = substitute('next-to-amcl', node_argv, values) + NODE_OVERRIDES
     ns = node_argv[node_argv.index('-r') + 1].split(':=')[1]
     assert ns == '/robot1', node_argv
+    return node_argv, service, ns
 
-    test_bag = Path(work['values']['test_bag'])
-    truth_base = _bag_truth(test_bag, '/ground_truth/base_pose')
-    truth_cam = _bag_truth(test_bag, '/ground_truth/pose')
-    with RosSession('posenet_journey_amcl') as s:
-        log_path = d / 'node.log'
-        with open(log_path, 'w') as log:
-            proc = subprocess.Popen(executable(node_argv), cwd=d, env=s.env(), stdout=log,
-                                    stderr=subprocess.STDOUT)
-        try:
-            def output():
-                return log_path.read_text(errors='replace')
 
-            assert s.spin_until(lambda: 'ready: model' in output() or proc.poll() is not None,
-                                180), output()
-            assert proc.poll() is None, output()
-            qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-            initial, poses = [], []
-            s.node.create_subscription(PoseWithCovarianceStamped, initial_topic, initial.append,
-                                       qos)
-            s.node.create_subscription(PoseStamped, f'{ns}/posenet_relocalizer/pose',
-                                       poses.append, qos)
-            client = s.node.create_client(Trigger, service)
-            assert client.wait_for_service(timeout_sec=60), f'no service {service}\n{output()}'
-            # The robot: the test laps' images, camera_info and TF tree, with the bag's /clock.
-            player = BagPlayer(s.node, test_bag, topics=[
-                '/camera/image_raw', '/camera/camera_info', '/tf', '/tf_static'],
-                rate=0.25, clock=True)
-            thread = threading.Thread(target=lambda: player.play(wait=30.0, every_topic=True),
-                                      daemon=True)
-            thread.start()
-            # The robot is lost: ask once the node is localizing frames.
-            assert s.spin_until(lambda: poses, 120), output()[-3000:]
-            future = client.call_async(Trigger.Request())
-            assert s.spin_until(future.done, 120), output()[-3000:]
-            answer = future.result()
-            assert s.spin_until(lambda: initial or not answer.success, 30)
-            s.spin_until(lambda: not thread.is_alive(), 60)
-            player.close()
-            assert proc.poll() is None, output()
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-    assert answer.success, f'{answer.message}\n{output()[-3000:]}'
+@contextlib.contextmanager
+def _node(session, argv: list[str], cwd: Path):
+    """The node started with ``argv`` in ``cwd``; yields a function returning its log so far.
+
+    Waits for its ready line; stops it with SIGINT (then kills it) on the way out.
+    """
+    log_path = cwd / 'node.log'
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(executable(argv), cwd=cwd, env=session.env(), stdout=log,
+                                stderr=subprocess.STDOUT)
+
+    def output():
+        return log_path.read_text(errors='replace')
+
+    try:
+        assert session.spin_until(
+            lambda: 'ready: model' in output() or proc.poll() is not None, 180), output()
+        assert proc.poll() is None, output()
+        yield output
+        assert proc.poll() is None, output()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _relocalize_lost_robot(work: dict, initial_topic: str):
+    """Start the node as the tutorial says, play the test laps, call the service once.
+
+    Returns the service's answer, the ``/initialpose`` messages received, and the node's log.
+    """
+    from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from ros_helpers import RosSession
+    from std_srvs.srv import Trigger
+
+    from posenet_ros.ros.replay import BagPlayer
+
+    node_argv, service, ns = _amcl_commands(work['values'])
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    initial, poses = [], []
+    with RosSession('posenet_journey_amcl') as s, _node(s, node_argv, work['dir']) as output:
+        s.node.create_subscription(PoseWithCovarianceStamped, initial_topic, initial.append, qos)
+        s.node.create_subscription(PoseStamped, f'{ns}/posenet_relocalizer/pose', poses.append,
+                                   qos)
+        client = s.node.create_client(Trigger, service)
+        assert client.wait_for_service(timeout_sec=60), f'no service {service}\n{output()}'
+        # The robot: the test laps' images, camera_info and TF tree, with the bag's /clock.
+        player = BagPlayer(s.node, Path(work['values']['test_bag']), topics=[
+            '/camera/image_raw', '/camera/camera_info', '/tf', '/tf_static'],
+            rate=0.25, clock=True)
+        thread = threading.Thread(target=lambda: player.play(wait=30.0, every_topic=True),
+                                  daemon=True)
+        thread.start()
+        # The robot is lost: ask once the node is localizing frames.
+        assert s.spin_until(lambda: poses, 120), output()[-3000:]
+        future = client.call_async(Trigger.Request())
+        assert s.spin_until(future.done, 120), output()[-3000:]
+        answer = future.result()
+        assert s.spin_until(lambda: initial or not answer.success, 30)
+        s.spin_until(lambda: not thread.is_alive(), 60)
+        player.close()
+    return answer, initial, output()
+
+
+def _check_hint(answer, initial: list, test_bag: Path, log: str) -> None:
+    """The hint is the verified BASE pose in map, once, at the answer's stamp."""
+    from posenet_ros.core import geometry
+    from posenet_ros.tools.synthetic import T_BASE_CAM
+
+    assert answer.success, f'{answer.message}\n{log[-3000:]}'
     info = json.loads(answer.message)
     assert info['verified'] and info['extrinsic_source'] == 'tf', info
     assert len(initial) == 1, initial  # once per call: every message resets AMCL
@@ -418,7 +443,8 @@ def test_next_to_amcl_namespaced(trained):
                                         geometry.xyzw_to_wxyz(c['orientation_xyzw']))
     np.testing.assert_allclose(hint, t_map_cam @ np.linalg.inv(T_BASE_CAM), atol=1e-5)
     # ... and so its error is the camera's (verified: millimetres), not the 1 m mount offset.
-    base, cam = truth_base[key], truth_cam[key]
+    base = _bag_truth(test_bag, '/ground_truth/base_pose')[key]
+    cam = _bag_truth(test_bag, '/ground_truth/pose')[key]
     cam_err = np.linalg.norm(t_map_cam[:3, 3] - cam[:3, 3])
     base_err = np.linalg.norm(hint[:3, 3] - base[:3, 3])
     yaw_err = _dyaw(_yaw(hint), _yaw(base))
@@ -427,6 +453,17 @@ def test_next_to_amcl_namespaced(trained):
     assert base_err < 0.05 and yaw_err < 1.0, (base_err, yaw_err)
     assert abs(base_err - cam_err) < 0.01, (base_err, cam_err)
     assert np.linalg.norm(hint[:3, 3] - cam[:3, 3]) > 0.9  # the camera pose would be 1 m off
+
+
+@pytest.mark.slow
+@pytest.mark.ros
+def test_next_to_amcl_namespaced(trained):
+    pytest.importorskip('rclpy')
+    pytest.importorskip('tf2_msgs.msg', reason='tf2_msgs is not built into this environment')
+    work, _ = trained
+    initial_topic = _amcl_params(work['dir'])
+    answer, initial, log = _relocalize_lost_robot(work, initial_topic)
+    _check_hint(answer, initial, Path(work['values']['test_bag']), log)
 
 
 # --- journey 3: evaluate a replayed bag ------------------------------------------------------
