@@ -27,7 +27,7 @@ def _launch_module():
 
 
 def _node_module_constant(name):
-    tree = ast.parse((ROOT / 'posenet_ros' / 'node' / 'relocalize_node.py').read_text())
+    tree = ast.parse((ROOT / 'posenet_ros' / 'ros' / 'relocalize_node.py').read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], 'id', None) == name:
             return ast.literal_eval(node.value)
