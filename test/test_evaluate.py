@@ -198,3 +198,50 @@ def test_scoring_the_split_that_selected_the_model_is_flagged(data, tmp_path, ca
     assert selection_warning({'training': {'val_split': 'test'}}, ds, 'test') is not None
     assert selection_warning({'training': {'selected_on': None, 'val_split': 'test'}}, ds,
                              'test') is None
+
+
+def test_report_builder_assembles_what_offline_and_live_share(tmp_path):
+    """Ground truth, methods, verification section, bag source and baselines, in real files."""
+    from posenet_ros.datasets.rosbag_reader import BagStats
+    from posenet_ros.datasets.types import PoseSample
+    from posenet_ros.evaluation.builder import Baselines, ReportBuilder
+    from posenet_ros.evaluation.report import MethodResult
+
+    q = np.array([1.0, 0.0, 0.0, 0.0])
+    train = [PoseSample([x, 0.0, 0.0], q) for x in (0.0, 2.0)]
+    report = ReportBuilder(tmp_path / 'm.ts', {'model_id': 'abc', 'backbone': 'resnet18'},
+                           device='cpu', baselines=Baselines(train, 'train set'))
+    img = np.zeros((4, 4, 3), np.uint8)
+    for k in range(3):
+        report.add_frame(PoseSample([k, 0.0, 0.0], q, stamp=10.0 + k, name=f'f{k}'), img)
+    with pytest.raises(EvaluationError, match="'short' has 2 predictions for 3 frames"):
+        report.add_method('short', MethodResult.empty(2))
+    coarse = report.add_method('posenet', MethodResult(
+        np.array([[0.0, 0, 0], [1.1, 0, 0], [0, 0, 0]]), np.tile(q, (3, 1)),
+        np.array([True, True, False]), np.array([5.0, 6.0, 7.0]), 'coarse'))
+    refined = MethodResult.empty(3, 'refined')
+    refined.valid[1], refined.positions[1], refined.quaternions[1] = True, [1.0, 0, 0.01], q
+    ver = report.add_verification('refined', refined, coarse=coarse, map_path='s.map.npz',
+                                  statuses=['rejected', 'verified', 'unverified'],
+                                  inliers=np.array([0.0, 40.0, 3.0]), stages={})
+    assert (ver['n_verified'], ver['n_rejected'], ver['n_unverified']) == (1, 1, 1)
+    assert ver['verified_median_t_m'] == pytest.approx(0.01)
+    assert ver['coarse_median_t_m_on_verified'] == pytest.approx(0.1)
+    stats = BagStats('b', '/cam', 'topic /odom', 0.1, n_no_pose=2, pose_of='base_link',
+                     pose_frame='map', extrinsic='/tf_static', camera_frame='cam_optical')
+    report.describe_bag('b', stats, None, 0.1)
+    summary = report.write(tmp_path / 'out', 'builder')
+    assert list(summary['methods']) == ['posenet', 'refined', 'mean_pose']
+    assert summary['source']['image_topic'] == '/cam'
+    assert summary['source']['ground_truth_frames'] == ('base_link poses in map composed with '
+                                                        '/tf_static to cam_optical')
+    assert summary['source']['baseline_training_set'] == 'train set (2 frames)'
+    assert any('2 image(s) without ground truth' in n for n in summary['notes'])
+    rows = _read_csv(tmp_path / 'out' / 'frames.csv')
+    assert [r['name'] for r in rows] == ['f0', 'f1', 'f2']
+    assert [float(r['stamp']) for r in rows] == [10.0, 11.0, 12.0]
+    # mean pose = (1, 0, 0): frame k is |k - 1| m away
+    assert [float(r['mean_pose_t_err_m']) for r in rows] == [1.0, 0.0, 1.0]
+    assert load_summary(tmp_path / 'out' / 'summary.json')['verification']['n_verified'] == 1
+    with pytest.raises(EvaluationError, match='no frame'):
+        ReportBuilder('m.ts', {}, device='cpu').write(tmp_path / 'empty', 'empty')

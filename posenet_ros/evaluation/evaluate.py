@@ -18,38 +18,41 @@ status/inliers/ms of each frame, and ``summary.json`` a ``verification`` section
 fraction, median error of verified frames, how often a verified pose is wrong (> 0.25 m or
 > 2 deg), and the refinement's ms per stage (p50/p95).
 
-Baselines (``posenet_ros.evaluation.baselines``) run on the very same
-frames: the mean training pose and
-the nearest training frame in feature space. Dense evaluation (``dense=N``, the paper's Dense
-PoseNet) averages the predictions of N crops spread over the resized frame; its cost is
-reported next to the single centre crop's.
+Baselines (``posenet_ros.evaluation.baselines``) run on the very same frames: the mean
+training pose and the nearest training frame in feature space. Dense evaluation (``dense=N``,
+the paper's Dense PoseNet) averages the predictions of N crops spread over the resized frame;
+its cost is reported next to the single centre crop's.
+
+Every model call on a frame is in :func:`_localize_frames`; the report (ground truth,
+baselines, verification section, files) is assembled by
+``posenet_ros.evaluation.builder.ReportBuilder``, as in the live evaluation.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import math
 import time
-import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from posenet_ros.core.errors import EvaluationError, NonFiniteOutputError
 from posenet_ros.datasets.bagio import add_frame_args, frame_kwargs
+from posenet_ros.evaluation.builder import Baselines, ReportBuilder
 from posenet_ros.evaluation.report import (
     MODEL_METHOD,
     REFINED_METHOD,
     STATUS_CODE,
     GroundTruth,
     MethodResult,
-    add_baselines,
-    baseline_training_set,
     format_markdown,
     load_summary,
     selection_warning,
-    verification_summary,
     write_report,
 )
 
@@ -118,11 +121,49 @@ def dense_windows(frame: np.ndarray, resize: int, crop: int, n: int) -> np.ndarr
     return np.stack(out)
 
 
-# --- predictions -----------------------------------------------------------------------------
+# --- the model on each frame ----------------------------------------------------------------
+@dataclass
+class FrameResult:
+    """What the model gave for one frame; ``ok`` False = failure (non-finite output)."""
+
+    position: np.ndarray | None
+    quaternion_wxyz: np.ndarray | None
+    raw_qnorm: float
+    ms: float
+    ok: bool
+    dense: tuple | None = None  # (position, wxyz, ms, ok) of the dense average
+    verification: object = None  # posenet_ros.verify Verification, with a scene map
+
+
 def _load_relocalizer(model, device: str):
     from posenet_ros.model.relocalizer import Relocalizer
 
     return Relocalizer(model, device=device)
+
+
+def _localize_frames(reloc, frames: Iterable, *, dense: int = 0, map_path=None,
+                     verifier_config=None) -> Iterator[FrameResult]:
+    """Every model call of the offline evaluation: one :class:`FrameResult` per frame.
+
+    ``frames``: ``(image, K or None)`` pairs, consumed lazily. Before the first frame: untimed
+    warm-up calls at its size, and the scene map attached. With a map, each frame is verified
+    seeded with its own coarse pose, as the node does. ``dense`` > 0 adds the average of that
+    many crops.
+    """
+    resize = int(reloc.metadata['input']['resize'])
+    crop = int(reloc.metadata['input']['crop'])
+    for k, (frame, K) in enumerate(frames):
+        if k == 0:
+            _warm_up(reloc, frame, resize, crop, dense)
+            if map_path is not None:
+                reloc.attach_map(map_path, verifier_config)
+        result = _predict_one(reloc, frame)
+        if map_path is not None:
+            result.verification = reloc.verify(frame, K, result.position,
+                                               result.quaternion_wxyz)
+        if dense:
+            result.dense = _predict_dense(reloc, frame, resize, crop, dense)
+        yield result
 
 
 def _warm_up(reloc, frame: np.ndarray, resize: int, crop: int, dense: int) -> None:
@@ -140,18 +181,19 @@ def _warm_up(reloc, frame: np.ndarray, resize: int, crop: int, dense: int) -> No
             return
 
 
-def _predict_one(reloc, frame: np.ndarray):
-    """``(position, wxyz, raw_qnorm, ms, ok)`` of one frame through the relocalizer."""
+def _predict_one(reloc, frame: np.ndarray) -> FrameResult:
+    """The centre-crop prediction of one frame, timed."""
     t0 = time.perf_counter()
     try:
         pred = reloc.predict(frame)
     except NonFiniteOutputError:
-        return None, None, math.nan, (time.perf_counter() - t0) * 1e3, False
+        return FrameResult(None, None, math.nan, (time.perf_counter() - t0) * 1e3, False)
     ms = float(getattr(pred, 'latency_ms', math.nan))
     if not math.isfinite(ms):
         ms = (time.perf_counter() - t0) * 1e3
-    return (np.asarray(pred.position, np.float64), np.asarray(pred.quaternion_wxyz, np.float64),
-            float(pred.raw_quat_norm), ms, True)
+    return FrameResult(np.asarray(pred.position, np.float64),
+                       np.asarray(pred.quaternion_wxyz, np.float64), float(pred.raw_quat_norm),
+                       ms, True)
 
 
 def _predict_dense(reloc, frame: np.ndarray, resize: int, crop: int, n: int):
@@ -204,6 +246,17 @@ def _count_bag_frames(bag, image_topic) -> int | None:
         return None
 
 
+def _recorded(report: ReportBuilder, samples: Iterable) -> Iterator[tuple]:
+    """``(image, K)`` of each sample, once its ground truth is recorded in ``report``."""
+    from posenet_ros.datasets import load_image
+
+    for s in samples:
+        frame = load_image(s)
+        report.add_frame(s, frame)
+        yield frame, s.intrinsics
+
+
+# --- evaluation ------------------------------------------------------------------------------
 def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
              image_topic: str | None = None, pose_topic: str | None = None,
              tf: tuple[str, str] | None = None, max_gap: float = 0.1, dense: int = 0,
@@ -227,8 +280,43 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
     (``posenet-ros map``); frames without intrinsics use the map's.
     """
     from posenet_ros.core.progress import progress as _progress
-    from posenet_ros.datasets import load_image
 
+    _check_arguments(model, dataset, bag, dense)
+    samples, bag_ds, total = _open_test_samples(
+        dataset, split, bag, image_topic, pose_topic, tf, max_gap,
+        {'camera_frame': camera_frame, 'pose_frame': pose_frame,
+         'camera_in_base': camera_in_base})
+    report = None
+    try:
+        bar = _progress(samples, total=total if limit is None else min(total or limit, limit),
+                        desc='evaluate', unit='frame', disable=not progress)
+        todo = iter(bar if limit is None else itertools.islice(bar, limit))
+        first = next(todo, None)
+        if first is not None:  # the model is loaded once the input gave a usable frame
+            reloc, report = _setup_model(
+                model, device, dataset=dataset, split=split, baselines=baselines,
+                train_dataset=train_dataset, nn_features=nn_features)
+            results = list(_localize_frames(
+                reloc, _recorded(report, itertools.chain([first], todo)), dense=dense,
+                map_path=map_path, verifier_config=verifier_config))
+        bar.close()
+        n = report.n_frames if report is not None else 0
+        if bag_ds is not None and (limit is None or n < limit):  # the whole bag was read
+            bag_ds.check_overlap()
+    finally:
+        if bag_ds is not None:
+            bag_ds.close()
+    if report is None:
+        raise EvaluationError(f'no frame to evaluate in {dataset or bag}')
+    _add_model_methods(report, results, dense=dense, map_path=map_path)
+    if bag is not None:
+        report.describe_bag(bag, bag_ds.stats, image_topic, max_gap)
+    else:
+        report.source.update({'dataset': str(dataset), 'split': split})
+    return report.write(out_dir, title or f'Evaluation of {Path(model).name}', progress)
+
+
+def _check_arguments(model, dataset, bag, dense: int) -> None:
     if (dataset is None) == (bag is None):
         raise EvaluationError('give exactly one of a dataset folder (--dataset) or a bag (--bag)')
     if dense < 0:
@@ -238,125 +326,68 @@ def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
 
         raise ModelNotFoundError(f'model file {model} does not exist; export one with '
                                  "'posenet-ros train' or pass the right path")
-    frames = {'camera_frame': camera_frame, 'pose_frame': pose_frame,
-              'camera_in_base': camera_in_base}
-    samples, bag_ds, total = _open_test_samples(dataset, split, bag, image_topic, pose_topic,
-                                                tf, max_gap, frames)
+
+
+def _setup_model(model, device: str, *, dataset, split: str, baselines: bool, train_dataset,
+                 nn_features: str) -> tuple:
+    """``(relocalizer, ReportBuilder)``: the model loaded, the baselines prepared."""
+    reloc = _load_relocalizer(model, device)
+    meta = reloc.metadata
     notes: list[str] = []
-    reloc = meta = extractor = None
-    train, train_src = [], ''
-    names, stamps, tpos, tquat = [], [], [], []
-    rows: list[tuple] = []
-    dense_rows: list[tuple] = []
-    feats: list[np.ndarray] = []
-    verifications: list = []
-    try:
-        bar = _progress(samples, total=total if limit is None else min(total or limit, limit),
-                   desc='evaluate', unit='frame', disable=not progress)
-        for k, s in enumerate(bar):
-            if limit is not None and k >= limit:
-                break
-            frame = load_image(s)
-            if reloc is None:  # lazily: a bag without usable frames fails before this
-                reloc, meta, train, train_src, extractor = _setup_model(
-                    model, device, baselines, dataset, split, train_dataset, nn_features, notes)
-                resize, crop = int(meta['input']['resize']), int(meta['input']['crop'])
-                _warm_up(reloc, frame, resize, crop, dense)
-                if map_path is not None:
-                    reloc.attach_map(map_path, verifier_config)
-            names.append(s.name or f'{k:06d}')
-            stamps.append(math.nan if s.stamp is None else float(s.stamp))
-            tpos.append(s.position)
-            tquat.append(s.quaternion)
-            rows.append(_predict_one(reloc, frame))
-            if map_path is not None:
-                # seeded with this frame's coarse pose, as the node does
-                verifications.append(reloc.verify(frame, s.intrinsics, *rows[-1][:2]))
-            if dense:
-                dense_rows.append(_predict_dense(reloc, frame, resize, crop, dense))
-            if extractor is not None:
-                feats.append(extractor([frame])[0])
-        bar.close()
-        if bag_ds is not None and (limit is None or len(names) < limit):
-            bag_ds.check_overlap()
-    finally:
-        if bag_ds is not None:
-            bag_ds.close()
-    n = len(names)
-    if n == 0:
-        raise EvaluationError(f'no frame to evaluate in {dataset or bag}')
-    resize, crop = int(meta['input']['resize']), int(meta['input']['crop'])
-    gt = GroundTruth(names, np.asarray(stamps, np.float64), np.asarray(tpos).reshape(-1, 3),
-                     np.asarray(tquat).reshape(-1, 4))
+    warning = selection_warning(meta, dataset, split)
+    if warning:
+        log.warning(warning)
+        notes.append(warning)
+    base = Baselines()
+    if baselines:
+        loaded = reloc.loaded_module if Path(model).suffix.lower() == '.ts' else None
+        base = Baselines.prepare(model, meta, notes, dataset=dataset, split=split,
+                                 train_dataset=train_dataset, nn_features=nn_features,
+                                 device=str(reloc.device), module=loaded)
+    return reloc, ReportBuilder(model, meta, device=device, baselines=base, notes=notes)
 
-    methods: dict[str, MethodResult] = {}
-    m = MethodResult.empty(n, f'{Path(model).name} ({meta.get("backbone")}, model_id '
-                              f'{meta.get("model_id")}), centre crop {crop} of shorter side '
-                              f'{resize}')
-    m.extra['raw_qnorm'] = np.full(n, np.nan)
-    for i, (p, q, qn, ms, ok) in enumerate(rows):
-        m.ms[i] = ms
-        m.valid[i] = ok
-        m.extra['raw_qnorm'][i] = qn
-        if ok:
-            m.positions[i], m.quaternions[i] = p, q
-    methods[MODEL_METHOD] = m
+
+def _fill(method: MethodResult, i: int, position, quaternion, ms: float, ok: bool) -> None:
+    method.ms[i], method.valid[i] = ms, ok
+    if ok:
+        method.positions[i], method.quaternions[i] = position, quaternion
+
+
+def _add_model_methods(report: ReportBuilder, results: list[FrameResult], *, dense: int,
+                       map_path) -> None:
+    """The model (centre crop), its dense average and its refined poses, as report methods."""
+    n = len(results)
+    inp = report.meta['input']
+    resize, crop = int(inp['resize']), int(inp['crop'])
+    m = report.add_method(MODEL_METHOD, MethodResult.empty(
+        n, f'{report.model_label}, centre crop {crop} of shorter side {resize}'))
+    m.extra['raw_qnorm'] = np.array([r.raw_qnorm for r in results], float)
+    for i, r in enumerate(results):
+        _fill(m, i, r.position, r.quaternion_wxyz, r.ms, r.ok)
     if dense:
-        d = MethodResult.empty(n, f'average of {dense} crops {crop}x{crop} spread over the '
-                                  f'frame resized to shorter side {resize} (Dense PoseNet)')
-        for i, (p, q, ms, ok) in enumerate(dense_rows):
-            d.ms[i], d.valid[i] = ms, ok
-            if ok:
-                d.positions[i], d.quaternions[i] = p, q
-        methods[f'{MODEL_METHOD}_dense{dense}'] = d
+        d = report.add_method(f'{MODEL_METHOD}_dense{dense}', MethodResult.empty(
+            n, f'average of {dense} crops {crop}x{crop} spread over the frame resized to '
+               f'shorter side {resize} (Dense PoseNet)'))
+        for i, r in enumerate(results):
+            _fill(d, i, *r.dense)
         m.extra['dense_ms'] = d.ms
-    extra = {}
+        single, dms = float(np.nanmedian(m.ms)), float(np.nanmedian(d.ms))
+        report.sections['dense_cost'] = {
+            'crops': dense, 'ms_per_frame_median': dms, 'single_crop_ms_median': single,
+            'slowdown': dms / single if single > 0 else math.nan}
+        report.notes.append(f'dense evaluation ({dense} crops) costs {dms:.1f} ms per frame '
+                            f'against {single:.1f} ms for the centre crop '
+                            f'({dms / max(single, 1e-9):.1f}x)')
     if map_path is not None:
-        extra['verification'] = _add_refined(methods, m, verifications, gt, map_path)
-    if train:
-        add_baselines(methods, train, extractor, feats, n, progress, train_src)
-
-    source = {'model': str(model), 'model_id': meta.get('model_id'),
-              'backbone': meta.get('backbone'), 'device': device}
-    if bag is not None:
-        st = bag_ds.stats
-        source.update({'bag': str(bag), 'image_topic': st.image_topic if st else image_topic,
-                       'pose_source': st.pose_source if st else ''})
-        if st is not None and st.extrinsic:
-            source['ground_truth_frames'] = (f'{st.pose_of} poses in {st.pose_frame} composed '
-                                             f'with {st.extrinsic} to {st.camera_frame}')
-        if st is not None and (st.n_no_pose or st.n_undecodable):
-            notes.append(f'{st.n_no_pose} image(s) without ground truth within {max_gap} s and '
-                         f'{st.n_undecodable} undecodable image(s) were not evaluated')
-    else:
-        source.update({'dataset': str(dataset), 'split': split})
-    if train_src:
-        source['baseline_training_set'] = f'{train_src} ({len(train)} frames)'
-    if dense:
-        single = np.nanmedian(m.ms)
-        dms = np.nanmedian(methods[f'{MODEL_METHOD}_dense{dense}'].ms)
-        extra['dense_cost'] = {'crops': dense, 'ms_per_frame_median': float(dms),
-                               'single_crop_ms_median': float(single),
-                               'slowdown': float(dms / single) if single > 0 else math.nan}
-        notes.append(f'dense evaluation ({dense} crops) costs {dms:.1f} ms per frame against '
-                     f'{single:.1f} ms for the centre crop ({dms / max(single, 1e-9):.1f}x)')
-    train_pos = np.array([s.position for s in train]) if train else None
-    return write_report(out_dir, gt, methods, title=title or f'Evaluation of {Path(model).name}',
-                        source=source, train_positions=train_pos, notes=notes,
-                        extra_summary=extra)
+        _add_refined(report, m, [r.verification for r in results], map_path)
 
 
-def _add_refined(methods, coarse: MethodResult, vers: list, gt: GroundTruth, map_path) -> dict:
-    """Add the ``refined`` method and per-frame columns; return the verification summary."""
-    n = len(vers)
-    r = MethodResult.empty(n, 'refined pose of frames verified against the scene map '
-                              f'{Path(map_path).name} (other frames count as failures)')
+def _add_refined(report: ReportBuilder, coarse: MethodResult, vers: list, map_path) -> None:
+    """Add the ``refined`` method, the per-frame verification columns and section."""
+    r = MethodResult.empty(len(vers), 'refined pose of frames verified against the scene map '
+                                      f'{Path(map_path).name} (other frames count as failures)')
     for i, v in enumerate(vers):
-        r.ms[i] = v.ms.get('total', math.nan)
-        if v.verified:
-            r.valid[i] = True
-            r.positions[i], r.quaternions[i] = v.position, v.quaternion_wxyz
-    methods[REFINED_METHOD] = r
+        _fill(r, i, v.position, v.quaternion_wxyz, v.ms.get('total', math.nan), v.verified)
     coarse.extra['ver_status'] = np.array([STATUS_CODE[v.status] for v in vers], float)
     coarse.extra['ver_inliers'] = np.array([v.n_inliers for v in vers], float)
     coarse.extra['ver_ms'] = r.ms.copy()
@@ -366,31 +397,9 @@ def _add_refined(methods, coarse: MethodResult, vers: list, gt: GroundTruth, map
         vals = vals[np.isfinite(vals)]
         stages[k] = {'p50': float(np.percentile(vals, 50)) if len(vals) else math.nan,
                      'p95': float(np.percentile(vals, 95)) if len(vals) else math.nan}
-    return verification_summary(coarse, r, gt, map_path, [v.status for v in vers],
-                                np.array([v.n_inliers for v in vers], float), stages)
-
-
-def _setup_model(model, device, baselines, dataset, split, train_dataset, nn_features, notes):
-    """Load the relocalizer, the baselines' training set and the NN feature extractor."""
-    reloc = _load_relocalizer(model, device)
-    meta = reloc.metadata
-    warning = selection_warning(meta, dataset, split)
-    if warning:
-        log.warning(warning)
-        notes.append(warning)
-    train, train_src, extractor = [], '', None
-    if baselines:
-        train, train_src = baseline_training_set(dataset, split, train_dataset, meta, notes)
-    if train:
-        from posenet_ros.evaluation.baselines import feature_extractor
-
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter('always')
-            loaded = reloc.loaded_module if Path(model).suffix.lower() == '.ts' else None
-            extractor = feature_extractor(model, meta, nn_features, str(reloc.device),
-                                          module=loaded)
-        notes += [str(c.message) for c in caught if 'nearest-neighbour' in str(c.message)]
-    return reloc, meta, train, train_src, extractor
+    report.add_verification(REFINED_METHOD, r, coarse=coarse, map_path=map_path,
+                            statuses=[v.status for v in vers],
+                            inliers=coarse.extra['ver_inliers'], stages=stages)
 
 
 # --- CLI -------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""Evaluation reports shared by ``posenet-ros evaluate`` and the live evaluation (no rclpy).
+"""Report files shared by ``posenet-ros evaluate`` and the live evaluation (no rclpy).
 
 A report compares methods on the same frames: the model under test first, then the refined
 pose of verified frames and the baselines (mean training pose, nearest training frame). It is
 written as ``frames.csv``, ``summary.json``/``summary.md``, plots and TUM trajectories by
-:func:`write_report`. :func:`selection_warning` says when the model being scored was selected
-on the very split it is scored on.
+:func:`write_report`; ``posenet_ros.evaluation.builder.ReportBuilder`` assembles what goes in
+it. :func:`selection_warning` says when the model being scored was selected on the very split
+it is scored on.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from posenet_ros.core.errors import EvaluationError, PoseNetError
+from posenet_ros.core.errors import EvaluationError
 from posenet_ros.evaluation.metrics import (
     RECALL_THRESHOLDS,
     frame_errors,
@@ -28,9 +28,8 @@ from posenet_ros.evaluation.metrics import (
     threshold_key,
 )
 
-__all__ = ['MODEL_METHOD', 'REFINED_METHOD', 'WRONG_VERIFIED', 'STATUS_CODE', 'GroundTruth',
-           'MethodResult', 'format_markdown', 'write_report', 'load_summary',
-           'verification_summary', 'baseline_training_set', 'add_baselines',
+__all__ = ['MODEL_METHOD', 'REFINED_METHOD', 'WRONG_VERIFIED', 'STATUS_CODE', 'REPORT_FILES',
+           'GroundTruth', 'MethodResult', 'format_markdown', 'write_report', 'load_summary',
            'selection_warning']
 
 MODEL_METHOD = 'posenet'
@@ -38,6 +37,11 @@ REFINED_METHOD = 'refined'
 # A verified pose farther than this from the truth is counted as wrong.
 WRONG_VERIFIED = (0.25, 2.0)  # metres, degrees
 STATUS_CODE = {'rejected': 0, 'unverified': 1, 'verified': 2}
+# The files of a report folder, by their key in ``summary.json``'s ``files``.
+REPORT_FILES = {'frames': 'frames.csv', 'summary_json': 'summary.json',
+                'summary_md': 'summary.md', 'cdf': 'cdf.png', 'map': 'map.png',
+                'errors_over_time': 'errors_over_time.png', 'prediction_tum': 'prediction.tum',
+                'ground_truth_tum': 'ground_truth.tum'}
 
 
 @dataclass
@@ -147,41 +151,69 @@ def write_report(out_dir, gt: GroundTruth, methods: Mapping[str, MethodResult], 
     ``methods``: the first entry is the model under test (its predictions go to the TUM file
     and the map), the others are compared against it on the same frames.
     """
-    from posenet_ros.evaluation import plots
-    from posenet_ros.evaluation.trajectory_io import write_tum
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    errors = _method_errors(gt, methods)
+    main_name = next(iter(methods))
+    # header stamps, or the frame index when a frame has no stamp
+    has_stamps = bool(np.isfinite(gt.stamps).all())
+    times = gt.stamps if has_stamps else np.arange(len(gt.names), dtype=np.float64)
+    _write_frames_csv(out / REPORT_FILES['frames'], gt, methods, errors)
+    _write_trajectories(out, times, gt, main_name, methods[main_name])
+    _write_plots(out, title, times, has_stamps, gt, main_name, methods[main_name], errors,
+                 train_positions)
+    summary = {
+        'title': title,
+        'source': dict(source or {}),
+        'methods': {name: _summarize_method(methods[name], *errors[name]) for name in methods},
+        'descriptions': {k: m.description for k, m in methods.items()},
+        'notes': list(notes),
+        'files': dict(REPORT_FILES),
+        'plots': {k: str((out / REPORT_FILES[k]).resolve())
+                  for k in ('cdf', 'map', 'errors_over_time')},
+        **(extra_summary or {}),
+    }
+    (out / REPORT_FILES['summary_json']).write_text(
+        json.dumps(json_safe(summary), indent=2, allow_nan=False) + '\n', encoding='utf-8')
+    (out / REPORT_FILES['summary_md']).write_text(format_markdown(summary), encoding='utf-8')
+    return summary
+
+
+def _method_errors(gt: GroundTruth, methods: Mapping[str, MethodResult]) -> dict:
+    """``{method: (translation errors, rotation errors)}`` against the ground truth."""
     n = len(gt.names)
-    errors, summaries = {}, {}
+    errors = {}
     for name, m in methods.items():
         if len(m.positions) != n:
             raise EvaluationError(f'method {name!r} has {len(m.positions)} predictions for {n} '
                                   'frames')
-        t_err, r_err = frame_errors(m.positions, m.quaternions, gt.positions, gt.quaternions,
+        errors[name] = frame_errors(m.positions, m.quaternions, gt.positions, gt.quaternions,
                                     m.valid)
-        errors[name] = (t_err, r_err)
-        ms = None if m.ms is None or not np.isfinite(m.ms).any() else m.ms
-        summaries[name] = summarize(t_err, r_err, ms)
+    return errors
+
+
+def _summarize_method(m: MethodResult, t_err: np.ndarray, r_err: np.ndarray) -> dict:
+    ms = None if m.ms is None or not np.isfinite(m.ms).any() else m.ms
+    return summarize(t_err, r_err, ms)
+
+
+def _write_frames_csv(path: Path, gt: GroundTruth, methods: Mapping[str, MethodResult],
+                      errors: dict) -> None:
+    """One row per frame: truth, the main method's prediction and columns, others' errors."""
     main_name = next(iter(methods))
     main = methods[main_name]
-    has_stamps = np.isfinite(gt.stamps).all()
-    times = gt.stamps if has_stamps else np.arange(n, dtype=np.float64)
-
-    # Per-frame CSV.
-    csv_path = out / 'frames.csv'
     extra_cols = list(main.extra)
+    others = [k for k in methods if k != main_name]
     header = ['name', 'stamp', 'true_x', 'true_y', 'true_z', 'true_qw', 'true_qx', 'true_qy',
               'true_qz', 'pred_x', 'pred_y', 'pred_z', 'pred_qw', 'pred_qx', 'pred_qy',
               'pred_qz', 'valid', 't_err_m', 'r_err_deg', 'ms', *extra_cols]
-    others = [k for k in methods if k != main_name]
     for k in others:
         header += [f'{k}_t_err_m', f'{k}_r_err_deg']
-    with open(csv_path, 'w', encoding='utf-8', newline='') as fh:
+    t_err, r_err = errors[main_name]
+    with open(path, 'w', encoding='utf-8', newline='') as fh:
         w = csv.writer(fh, lineterminator='\n')
         w.writerow(header)
-        for i in range(n):
-            t_err, r_err = errors[main_name]
+        for i in range(len(gt.names)):
             row = [gt.names[i], repr(float(gt.stamps[i])), *map(repr, gt.positions[i].tolist()),
                    *map(repr, gt.quaternions[i].tolist()),
                    *map(repr, main.positions[i].tolist()),
@@ -193,139 +225,38 @@ def write_report(out_dir, gt: GroundTruth, methods: Mapping[str, MethodResult], 
                 row += [repr(float(errors[k][0][i])), repr(float(errors[k][1][i]))]
             w.writerow(row)
 
-    # TUM trajectories (stamps: header stamps, or the frame index when unknown).
-    write_tum(out / 'prediction.tum', times, main.positions,
+
+def _write_trajectories(out: Path, times: np.ndarray, gt: GroundTruth, main_name: str,
+                        main: MethodResult) -> None:
+    from posenet_ros.evaluation.trajectory_io import write_tum
+
+    write_tum(out / REPORT_FILES['prediction_tum'], times, main.positions,
               np.where(main.valid[:, None], main.quaternions, np.nan),
               comment=f'{main_name} predictions; failed frames omitted')
-    write_tum(out / 'ground_truth.tum', times, gt.positions, gt.quaternions,
+    write_tum(out / REPORT_FILES['ground_truth_tum'], times, gt.positions, gt.quaternions,
               comment='ground truth')
 
-    # Plots.
-    plots.plot_error_cdf(errors, out / 'cdf.png', title=title)
+
+def _write_plots(out: Path, title: str, times: np.ndarray, has_stamps: bool, gt: GroundTruth,
+                 main_name: str, main: MethodResult, errors: dict,
+                 train_positions: np.ndarray | None) -> None:
+    from posenet_ros.evaluation import plots
+
+    plots.plot_error_cdf(errors, out / REPORT_FILES['cdf'], title=title)
     pred_pos = np.where(main.valid[:, None], main.positions, np.nan)
-    plots.plot_trajectory_map(train_positions, gt.positions, pred_pos, out / 'map.png',
-                              title=f'{title}: top-down map')
-    t0 = times[0] if n else 0.0
-    plots.plot_error_over_time(times - t0, *errors[main_name], out / 'errors_over_time.png',
+    plots.plot_trajectory_map(train_positions, gt.positions, pred_pos,
+                              out / REPORT_FILES['map'], title=f'{title}: top-down map')
+    t0 = times[0] if len(times) else 0.0
+    plots.plot_error_over_time(times - t0, *errors[main_name],
+                               out / REPORT_FILES['errors_over_time'],
                                title=f'{title}: {main_name} error per frame',
                                time_label=(f'time since first frame (stamp {t0:.3f}) [s]'
                                            if has_stamps else 'frame index'))
-    files = {'frames': csv_path.name, 'summary_json': 'summary.json', 'summary_md': 'summary.md',
-             'cdf': 'cdf.png', 'map': 'map.png', 'errors_over_time': 'errors_over_time.png',
-             'prediction_tum': 'prediction.tum', 'ground_truth_tum': 'ground_truth.tum'}
-    plot_paths = {k: str((out / files[k]).resolve()) for k in ('cdf', 'map', 'errors_over_time')}
-    summary = {
-        'title': title,
-        'source': dict(source or {}),
-        'methods': summaries,
-        'descriptions': {k: m.description for k, m in methods.items()},
-        'notes': list(notes),
-        'files': files,
-        'plots': plot_paths,
-        **(extra_summary or {}),
-    }
-    (out / 'summary.json').write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False)
-                                      + '\n', encoding='utf-8')
-    (out / 'summary.md').write_text(format_markdown(summary), encoding='utf-8')
-    return summary
 
 
 def load_summary(path) -> dict:
     """Read a ``summary.json`` back with infinities restored as floats."""
     return _restore_inf(json.loads(Path(path).read_text(encoding='utf-8')))
-
-
-# --- baselines ------------------------------------------------------------------------------
-def baseline_training_set(dataset, split, train_dataset, meta, notes):
-    """Training samples for the baselines, or [] (with a note) when none can be found."""
-    from posenet_ros.datasets import load_dataset
-
-    if train_dataset is not None:
-        return load_dataset(train_dataset, 'train'), str(train_dataset)
-    if dataset is not None and split != 'train':
-        try:
-            return load_dataset(dataset, 'train'), f'{dataset} (train split)'
-        except PoseNetError as exc:
-            notes.append(f'no training split in {dataset} for baselines: {exc}')
-    training = meta.get('training') or {}
-    recorded = training.get('dataset') or (meta.get('config') or {}).get('dataset')
-    train_split = str(training.get('train_split') or 'train')
-    if recorded and Path(recorded).exists():
-        try:
-            return (load_dataset(recorded, train_split),
-                    f'{recorded} ({train_split} split, from the model metadata)')
-        except PoseNetError as exc:
-            notes.append(f'training set recorded in the model ({recorded}) unreadable: {exc}')
-    notes.append('baselines skipped: no training set (pass --train-dataset DIR)')
-    return [], ''
-
-
-def add_baselines(methods, train, extractor, test_feats, n, show_progress, train_src):
-    """Mean-pose and nearest-neighbour predictions for the ``n`` evaluated frames."""
-    from posenet_ros.core.progress import progress
-    from posenet_ros.datasets import load_image
-    from posenet_ros.evaluation.baselines import mean_pose, nearest_neighbour
-
-    train_p = np.array([s.position for s in train])
-    train_q = np.array([s.quaternion for s in train])
-    p, q = mean_pose(train_p, train_q)
-    methods['mean_pose'] = MethodResult(
-        np.tile(p, (n, 1)), np.tile(q, (n, 1)), np.ones(n, bool), None,
-        f'mean training pose of {train_src} ({len(train)} frames)')
-    if extractor is None:
-        return
-    t0 = time.perf_counter()
-    train_feats = []
-    for s in progress(train, desc='nn features', unit='frame', disable=not show_progress):
-        train_feats.append(extractor([load_image(s)])[0])
-    build_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    idx = nearest_neighbour(np.stack(train_feats), np.stack(test_feats))
-    search_ms = (time.perf_counter() - t0) * 1e3 / n
-    methods['nearest_neighbour'] = MethodResult(
-        train_p[idx], train_q[idx], np.ones(n, bool), np.full(n, search_ms),
-        f'pose of the nearest training frame by cosine similarity of {extractor.description} '
-        f'({len(train)} frames indexed in {build_s:.1f} s; ms = search only, feature '
-        'extraction not included)')
-
-
-
-# --- verification ---------------------------------------------------------------------------
-def verification_summary(coarse: MethodResult, refined: MethodResult, gt: GroundTruth, map_path,
-                         statuses: list[str], inliers: np.ndarray, stages: dict) -> dict:
-    """The ``verification`` section of a summary (offline and live evaluation).
-
-    ``refined.valid`` marks the verified frames; ``statuses`` holds each frame's status;
-    ``stages``: ms p50/p95 per refinement stage.
-    """
-    r = refined
-    n = len(statuses)
-    t_err, r_err = frame_errors(r.positions, r.quaternions, gt.positions, gt.quaternions,
-                                r.valid)
-    ct, cr = frame_errors(coarse.positions, coarse.quaternions, gt.positions, gt.quaternions,
-                          coarse.valid)
-    ok = r.valid
-    wrong = ok & ((t_err > WRONG_VERIFIED[0]) | (r_err > WRONG_VERIFIED[1]))
-    n_ok = int(ok.sum())
-
-    def med(a):
-        a = np.asarray(a, float)
-        a = a[np.isfinite(a)]
-        return float(np.median(a)) if len(a) else math.nan
-
-    return {
-        'map': str(map_path), 'n_frames': n, 'n_verified': n_ok,
-        'n_unverified': statuses.count('unverified'), 'n_rejected': statuses.count('rejected'),
-        'verified_fraction': n_ok / n if n else math.nan,
-        'verified_median_t_m': med(t_err[ok]), 'verified_median_r_deg': med(r_err[ok]),
-        'coarse_median_t_m_on_verified': med(ct[ok]),
-        'coarse_median_r_deg_on_verified': med(cr[ok]),
-        'wrong_threshold': {'m': WRONG_VERIFIED[0], 'deg': WRONG_VERIFIED[1]},
-        'n_wrong_verified': int(wrong.sum()),
-        'wrong_verified_fraction': float(wrong.sum() / n_ok) if n_ok else 0.0,
-        'median_inliers_verified': med(np.asarray(inliers, float)[ok]),
-        'ms': stages,
-    }
 
 
 def selection_warning(meta: Mapping, dataset, split: str) -> str | None:

@@ -4,11 +4,12 @@
 on a private DDS domain, waits until it subscribes to the image topic (model loaded and warm),
 publishes the bag's images with their recorded timing (``BagPlayer``), records every
 ``~/pose`` (``PoseStamped`` stamped with the image stamp) and writes the same report as
-``posenet-ros evaluate`` (``posenet_ros.evaluation.report.write_report``), plus the **end-to-end
-latency** of each frame = pose receipt time - image publish time (one monotonic clock, this
-process), which includes DDS transport both ways, image conversion, inference and the node's
-queueing. Frames the node dropped (its camera input keeps only the newest frame) have no pose
-and count as failures; the report says how many.
+``posenet-ros evaluate``, through the same builder
+(``posenet_ros.evaluation.builder.ReportBuilder``: ground truth, baselines, verification
+section, report files), plus the **end-to-end latency** of each frame = pose receipt time -
+image publish time (one monotonic clock, this process), which includes DDS transport both ways,
+image conversion, inference and the node's queueing. Frames the node dropped (its camera input
+keeps only the newest frame) have no pose and count as failures; the report says how many.
 
 With a scene map (``map_path``, ``posenet-ros evaluate --live --map MAP``) the node runs with
 ``refine: continuous``: the bag's ``camera_info`` (beside the image topic) is played too, every
@@ -16,6 +17,9 @@ With a scene map (``map_path``, ``posenet-ros evaluate --live --map MAP``) the n
 ``verification`` section as offline evaluation (frames without a verified pose count as
 unverified, including those the verification thread skipped while busy).
 
+Only what is live is here: the node process and the private ROS session
+(:class:`_LiveSession`), playing the bag, recording the node's outputs (:class:`_Recorder`),
+matching them to the frames by stamp, and the end-to-end latency.
 ``posenet-ros evaluate --live --model M --bag B ...`` calls it.
 """
 
@@ -27,13 +31,13 @@ import random
 import struct
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from posenet_ros.core.errors import EvaluationError
 from posenet_ros.core.geometry import canonicalize_quaternion, xyzw_to_wxyz
+from posenet_ros.evaluation.report import MODEL_METHOD, MethodResult
 from posenet_ros.ros.process import NODE_MODULE, NodeProcess
 
 __all__ = ['live_evaluate', 'header_stamp_ns', 'NODE_MODULE', 'POSE_TOPIC']
@@ -75,26 +79,6 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
-def _collect_ground_truth(bag, image_topic, pose_topic, tf, max_gap, extractor, progress):
-    """Stamps (ns), names, true poses and (optional) NN features of the bag's labelled frames."""
-    from posenet_ros.core.progress import progress as _progress
-    from posenet_ros.datasets.rosbag_reader import BagDataset
-
-    stamps, names, pos, quat, feats = [], [], [], [], []
-    with BagDataset(bag, image_topic=image_topic, pose_topic=pose_topic, tf=tf,
-                    max_gap=max_gap, split='test') as ds:
-        for s in _progress(ds, desc='ground truth', unit='frame', disable=not progress):
-            stamps.append(int(round(s.stamp * 1e9)))
-            names.append(s.name)
-            pos.append(s.position)
-            quat.append(s.quaternion)
-            if extractor is not None:
-                feats.append(extractor([s.image])[0])
-        ds.check_overlap()
-        stats = ds.stats
-    return stamps, names, np.array(pos), np.array(quat), feats, stats
-
-
 def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
                   pose_topic: str | None = None, tf: tuple[str, str] | None = None,
                   max_gap: float = 0.1, rate: float = 1.0, device: str = 'cpu',
@@ -121,65 +105,60 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
         map_path: scene map: run the node with ``refine: continuous`` and score its verified
             poses too.
     """
-    import rclpy
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-
-    from posenet_ros.evaluation.metrics import percentile_inf
-    from posenet_ros.evaluation.report import (
-        MODEL_METHOD,
-        GroundTruth,
-        MethodResult,
-        add_baselines,
-        baseline_training_set,
-        verification_summary,
-        write_report,
-    )
+    from posenet_ros.evaluation.builder import Baselines, ReportBuilder
     from posenet_ros.model.export import read_metadata
-    from posenet_ros.ros.replay import BagPlayer
 
     if rate < 0:
         raise EvaluationError(f'rate must be >= 0, got {rate}')
     model = Path(model).resolve()
+    map_path = None if map_path is None else Path(map_path).resolve()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = read_metadata(model)
     notes: list[str] = []
+    base = Baselines.prepare(model, meta, notes, train_dataset=train_dataset,
+                             nn_features=nn_features) if baselines else Baselines()
+    report = ReportBuilder(model, meta, device=device, baselines=base, notes=notes)
+    # Ground truth (and the baselines' features) first: a bad bag fails before any process starts.
+    stats = _read_ground_truth(report, bag, image_topic, pose_topic, tf, max_gap, progress)
+    report.describe_bag(bag, stats, image_topic, max_gap)
+    report.source['mode'] = f'live node, replay rate {rate}'
+    params, play_topics = _node_setup(model, device, stats.image_topic, bag, map_path,
+                                      node_params, notes)
+    recorder = _Recorder(stats.image_topic)
+    with _LiveSession(params, out, domain_id) as session:
+        recorder.subscribe(session.node, verifying=map_path is not None)
+        session.start_spinning()
+        _play(session, recorder, bag, play_topics, rate=rate, startup_timeout=startup_timeout,
+              settle=settle, verifying=map_path is not None)
+    n_published = _add_live_methods(report, recorder, device, map_path)
+    _add_live_sections(report, recorder, rate, session, n_published)
+    return report.write(out, title or f'Live evaluation of {model.name}', progress)
 
-    # Ground truth (and baselines' features) first: a bad bag fails before any process starts.
-    train, train_src = ([], '')
-    if baselines:
-        train, train_src = baseline_training_set(None, 'test', train_dataset, meta, notes)
-    extractor = None
-    if train:
-        from posenet_ros.evaluation.baselines import feature_extractor
 
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter('always')
-            extractor = feature_extractor(model, meta, nn_features, 'cpu')
-        notes += [str(c.message) for c in caught if 'nearest-neighbour' in str(c.message)]
-    stamps, names, gt_pos, gt_quat, feats, bag_stats = _collect_ground_truth(
-        bag, image_topic, pose_topic, tf, max_gap, extractor, progress)
-    image_topic = bag_stats.image_topic
+def _read_ground_truth(report, bag, image_topic, pose_topic, tf, max_gap, progress):
+    """Record the bag's labelled frames in ``report``; return the bag reader's stats."""
+    from posenet_ros.core.progress import progress as _progress
+    from posenet_ros.datasets.rosbag_reader import BagDataset
+
+    with BagDataset(bag, image_topic=image_topic, pose_topic=pose_topic, tf=tf,
+                    max_gap=max_gap, split='test') as ds:
+        for s in _progress(ds, desc='ground truth', unit='frame', disable=not progress):
+            report.add_frame(s, s.image)
+        ds.check_overlap()
+        return ds.stats
+
+
+def _node_setup(model: Path, device: str, image_topic: str, bag, map_path: Path | None,
+                node_params: dict | None, notes: list[str]) -> tuple[dict, list[str]]:
+    """``(node parameters, topics to play)`` for the node under test."""
     transport = 'compressed' if image_topic.endswith('/compressed') else 'raw'
     base_topic = image_topic[:-len('/compressed')] if transport == 'compressed' else image_topic
-
-    # Private ROS session: own domain, localhost discovery, own log dir.
-    domain = int(domain_id or random.randint(1, 101))
-    env = dict(os.environ)
-    env.update({'ROS_DOMAIN_ID': str(domain), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-                'PYTHONUNBUFFERED': '1', 'RCUTILS_COLORIZED_OUTPUT': '0'})
-    env.setdefault('ROS_LOG_DIR', str(out / 'ros_log'))  # rcl writes a log file per process
-    env.pop('ROS_STATIC_PEERS', None)
-    old_range = os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')
-    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     params = {'model_path': str(model), 'device': device, 'image_topic': base_topic,
               'image_transport': transport, 'max_image_age': 0.0, 'tf_mode': 'none',
               'continuous': True, 'refine': 'off', **(node_params or {})}
     play_topics = [image_topic]
     if map_path is not None:
-        map_path = Path(map_path).resolve()
         params.update(refine='continuous', map_path=str(map_path))
         info_topic = base_topic.rstrip('/').rsplit('/', 1)[0] + '/camera_info'
         if info_topic in _bag_topics(bag):
@@ -187,188 +166,253 @@ def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
             params['camera_info_topic'] = info_topic
         else:
             notes.append(f"the bag has no {info_topic}: the node used the map's intrinsics")
-    node_log = out / 'node.log'
-    proc = NodeProcess(params, env, node_log)
-    ctx = node = executor = None
-    try:
-        ctx = Context()
-        rclpy.init(context=ctx, domain_id=domain)
-        node = rclpy.create_node('posenet_live_eval', context=ctx)
-        executor = SingleThreadedExecutor(context=ctx)
-        executor.add_node(node)
-    except BaseException:
-        proc.stop()
-        if ctx is not None:
-            ctx.try_shutdown()
-        _restore_env('ROS_AUTOMATIC_DISCOVERY_RANGE', old_range)
-        raise
-    publish_t: dict[int, float] = {}
-    received: dict[int, tuple[float, np.ndarray, np.ndarray]] = {}
-    verified: dict[int, tuple[float, np.ndarray, np.ndarray]] = {}
-    last_diag: dict[str, str] = {}
-    lock = threading.Lock()
-    last_rx = [time.monotonic()]
+    return params, play_topics
 
-    def recorder(store: dict, pose_of):
-        """Callback storing (receipt time, position, wxyz) by header stamp (ns) in ``store``."""
+
+class _LiveSession:
+    """A private ROS session: the node as a child process, and this process's own rclpy node.
+
+    Own DDS domain and localhost discovery, so no other ROS system on this machine takes part;
+    rcl writes a log file per process into ``out/ros_log`` unless ``ROS_LOG_DIR`` is set. The
+    spin thread runs the subscriptions' callbacks until the session ends.
+    """
+
+    def __init__(self, params: dict, out: Path, domain_id: int | None = None):
+        self.domain = int(domain_id or random.randint(1, 101))
+        self.node_log = out / 'node.log'
+        self.env = dict(os.environ)
+        self.env.update({'ROS_DOMAIN_ID': str(self.domain),
+                         'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
+                         'PYTHONUNBUFFERED': '1', 'RCUTILS_COLORIZED_OUTPUT': '0'})
+        self.env.setdefault('ROS_LOG_DIR', str(out / 'ros_log'))
+        self.env.pop('ROS_STATIC_PEERS', None)
+        self.params = params
+        self.proc = self.ctx = self.node = self.executor = self._spinner = None
+        self._stop = threading.Event()
+        self._old_range = None
+
+    def __enter__(self) -> _LiveSession:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+
+        self._old_range = os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')
+        os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+        try:
+            self.proc = NodeProcess(self.params, self.env, self.node_log)
+            self.ctx = Context()
+            rclpy.init(context=self.ctx, domain_id=self.domain)
+            self.node = rclpy.create_node('posenet_live_eval', context=self.ctx)
+            self.executor = SingleThreadedExecutor(context=self.ctx)
+            self.executor.add_node(self.node)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def start_spinning(self) -> None:
+        """Run the executor in a background thread until the session ends."""
+        def spin():
+            while not self._stop.is_set():
+                self.executor.spin_once(timeout_sec=0.05)
+
+        self._spinner = threading.Thread(target=spin, daemon=True)
+        self._spinner.start()
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._spinner is not None:
+            self._spinner.join(timeout=5)
+        if self.proc is not None:
+            self.proc.stop()
+        if self.executor is not None:
+            self.executor.shutdown(timeout_sec=1.0)
+        if self.node is not None:
+            self.node.destroy_node()
+        if self.ctx is not None:
+            self.ctx.try_shutdown()
+        _restore_env('ROS_AUTOMATIC_DISCOVERY_RANGE', self._old_range)
+
+
+class _Recorder:
+    """What the node publishes, keyed by header stamp (ns), with this process's receipt times.
+
+    Times are ``time.monotonic()`` of this process, for the publish and the receipt alike. The
+    subscription callbacks run in the session's spin thread and ``on_publish`` in the
+    player's (the caller's): ``lock`` guards every dict and ``last_rx``.
+    """
+
+    def __init__(self, image_topic: str):
+        self.image_topic = image_topic
+        self.published: dict[int, float] = {}  # image stamp -> publish time
+        self.poses: dict[int, tuple[float, np.ndarray, np.ndarray]] = {}  # (t, xyz, wxyz)
+        self.verified: dict[int, tuple[float, np.ndarray, np.ndarray]] = {}
+        self.diagnostics: dict[str, str] = {}  # the node's last relocalization status values
+        self.lock = threading.Lock()
+        self.last_rx = time.monotonic()
+
+    def subscribe(self, node, verifying: bool) -> None:
+        """Subscribe ``node`` to the poses (and with ``verifying`` the verified poses)."""
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
+                              reliability=ReliabilityPolicy.RELIABLE)
+        node.create_subscription(PoseStamped, POSE_TOPIC,
+                                 self._storing(self.poses, lambda m: m.pose), reliable)
+        if verifying:
+            node.create_subscription(PoseWithCovarianceStamped, VERIFIED_TOPIC,
+                                     self._storing(self.verified, lambda m: m.pose.pose),
+                                     reliable)
+            node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
+                                     reliable)
+
+    def _storing(self, store: dict, pose_of):
+        """Callback storing (receipt time, position, wxyz) by header stamp in ``store``."""
         def on_msg(msg):
             t = time.monotonic()
             key = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
             pose = pose_of(msg)
             p, o = pose.position, pose.orientation
-            with lock:
+            with self.lock:
                 store.setdefault(key, (t, np.array([p.x, p.y, p.z]),
                                        xyzw_to_wxyz(np.array([o.x, o.y, o.z, o.w]))))
-                last_rx[0] = t
+                self.last_rx = t
         return on_msg
 
-    on_pose = recorder(received, lambda m: m.pose)  # PoseStamped
-    on_verified = recorder(verified, lambda m: m.pose.pose)  # PoseWithCovarianceStamped
-
-    def on_diag(msg):
+    def _on_diagnostics(self, msg) -> None:
         for st in msg.status:
             # exactly this node's status: another node in the same domain (random ids can
             # collide) publishes /<ns>/posenet_relocalizer: relocalization
             if st.name == DIAGNOSTICS_NAME:
-                last_diag.clear()
-                last_diag.update({kv.key: kv.value for kv in st.values})
+                with self.lock:
+                    self.diagnostics = {kv.key: kv.value for kv in st.values}
 
-    def on_publish(topic, msgtype, raw, t):
-        if topic == image_topic:  # camera_info carries the same stamps
-            publish_t.setdefault(header_stamp_ns(raw), t)
+    def on_publish(self, topic, msgtype, raw, t) -> None:
+        """``BagPlayer`` hook: the publish time of each image (camera_info has the same stamps)."""
+        if topic == self.image_topic:
+            with self.lock:
+                self.published.setdefault(header_stamp_ns(raw), t)
 
-    from diagnostic_msgs.msg import DiagnosticArray
-    from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 
-    reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
-                          reliability=ReliabilityPolicy.RELIABLE)
-    node.create_subscription(PoseStamped, POSE_TOPIC, on_pose, reliable)
-    if map_path is not None:
-        node.create_subscription(PoseWithCovarianceStamped, VERIFIED_TOPIC, on_verified, reliable)
-        node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, reliable)
-    stop = threading.Event()
+def _play(session: _LiveSession, rec: _Recorder, bag, topics: list[str], *, rate: float,
+          startup_timeout: float, settle: float, verifying: bool) -> None:
+    """Wait for the node, play the bag into it, and wait for the frames in flight."""
+    from posenet_ros.ros.replay import BagPlayer
 
-    def spin():
-        while not stop.is_set():
-            executor.spin_once(timeout_sec=0.05)
-
-    spinner = threading.Thread(target=spin, daemon=True)
-    spinner.start()
-    player = None
+    player = BagPlayer(session.node, bag, topics=topics, rate=rate, on_publish=rec.on_publish)
     try:
-        player = BagPlayer(node, bag, topics=play_topics, rate=rate, on_publish=on_publish)
-        pub = player.publishers[0]
-        deadline = time.monotonic() + startup_timeout
-        while pub.get_subscription_count() == 0 or node.count_publishers(POSE_TOPIC) == 0:
-            if not proc.alive():
-                raise EvaluationError(f'the relocalization node exited during start-up '
-                                      f'(code {proc.proc.returncode}); its log ({node_log}):\n'
-                                      f'{proc.tail()}')
-            if time.monotonic() > deadline:
-                raise EvaluationError(f'the node did not subscribe to {image_topic} within '
-                                      f'{startup_timeout} s; its log ({node_log}):\n{proc.tail()}')
-            time.sleep(0.05)
+        _wait_for_node(session, player.publishers[0], rec.image_topic, startup_timeout)
         player.play(wait=0, grace=1.0)
         play_end = time.monotonic()
         # Let the node finish the frames in flight: stop after `settle` s without a new pose.
         end = time.monotonic() + 60.0
         while time.monotonic() < end:
-            with lock:
+            with rec.lock:
                 # with verification, the verified poses come later: wait for quiet
-                done = len(received) >= len(publish_t) and map_path is None
-                quiet = time.monotonic() - max(last_rx[0], play_end) > settle
-            if done or quiet or not proc.alive():
+                done = len(rec.poses) >= len(rec.published) and not verifying
+                quiet = time.monotonic() - max(rec.last_rx, play_end) > settle
+            if done or quiet or not session.proc.alive():
                 break
             time.sleep(0.05)
     finally:
-        stop.set()
-        spinner.join(timeout=5)
-        if player is not None:
-            player.close()
-        proc.stop()
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        ctx.try_shutdown()
-        _restore_env('ROS_AUTOMATIC_DISCOVERY_RANGE', old_range)
+        player.close()
 
-    n = len(stamps)
-    m = MethodResult.empty(n, f'live node {NODE_MODULE} with {model.name} '
-                              f'({meta.get("backbone")}, model_id {meta.get("model_id")}) on '
-                              f'{device}; ms = end-to-end latency (image publish -> pose '
-                              'receipt)')
-    m.extra['e2e_ms'] = np.full(n, np.nan)
-    # Sample stamps are float seconds (~0.2 us resolution at epoch times): match to the exact
-    # integer header stamps of the published images / received poses within MATCH_TOL_NS.
-    rx_of = _match(stamps, list(received))
-    pub_of = _match(stamps, list(publish_t))
-    for i in range(n):
-        key = rx_of[i]
+
+def _wait_for_node(session: _LiveSession, pub, image_topic: str, timeout: float) -> None:
+    """Until the node subscribes to the images and publishes poses (model loaded and warm)."""
+    proc, node_log = session.proc, session.node_log
+    deadline = time.monotonic() + timeout
+    while pub.get_subscription_count() == 0 or session.node.count_publishers(POSE_TOPIC) == 0:
+        if not proc.alive():
+            raise EvaluationError(f'the relocalization node exited during start-up '
+                                  f'(code {proc.proc.returncode}); its log ({node_log}):\n'
+                                  f'{proc.tail()}')
+        if time.monotonic() > deadline:
+            raise EvaluationError(f'the node did not subscribe to {image_topic} within '
+                                  f'{timeout} s; its log ({node_log}):\n{proc.tail()}')
+        time.sleep(0.05)
+
+
+def _live_method(description: str, stamps: list[int], store: dict, rec: _Recorder,
+                 published_of: list[int | None]) -> MethodResult:
+    """The poses of ``store`` matched to the frames; ms = image publish -> pose receipt."""
+    m = MethodResult.empty(len(stamps), description)
+    for i, key in enumerate(_match(stamps, list(store))):
         if key is None:
             continue
-        t_rx, p, q = received[key]
+        t_rx, p, q = store[key]
         m.valid[i] = bool(np.all(np.isfinite(p)) and np.all(np.isfinite(q)))
         m.positions[i] = p
         m.quaternions[i] = canonicalize_quaternion(q) if m.valid[i] else q
-        if pub_of[i] is not None:
-            m.ms[i] = m.extra['e2e_ms'][i] = (t_rx - publish_t[pub_of[i]]) * 1e3
-    methods = {f'{MODEL_METHOD}_live': m}
-    gt = GroundTruth(names, np.asarray(stamps, np.float64) / 1e9, gt_pos, gt_quat)
-    extra: dict = {}
-    if map_path is not None:
-        r = MethodResult.empty(n, f'refined poses the node verified against {map_path.name} '
-                                  '(~/verified_pose, refine: continuous); frames without one '
-                                  'count as failures; ms = image publish -> verified pose')
-        for i, key in enumerate(_match(stamps, list(verified))):
-            if key is None:
-                continue
-            t_rx, p, q = verified[key]
-            r.valid[i] = True
-            r.positions[i], r.quaternions[i] = p, canonicalize_quaternion(q)
-            if pub_of[i] is not None:
-                r.ms[i] = (t_rx - publish_t[pub_of[i]]) * 1e3
-        methods['refined_live'] = r
+        if published_of[i] is not None:
+            m.ms[i] = (t_rx - rec.published[published_of[i]]) * 1e3
+    return m
 
-        def diag_ms(key):
-            try:
-                return float(last_diag.get(key, 'nan'))
-            except ValueError:
-                return math.nan
 
-        stages = {'total': {'p50': diag_ms('refine_ms_p50'), 'p95': diag_ms('refine_ms_p95')}}
-        statuses = ['verified' if ok else 'unverified' for ok in r.valid]
-        extra['verification'] = verification_summary(m, r, gt, map_path, statuses,
-                                                      np.full(n, np.nan), stages)
-        extra['verification']['node_diagnostics'] = dict(last_diag)
-        notes.append('live verification: frames without a verified pose (unverified, rejected '
-                     'or skipped while the verification thread was busy) count as unverified; '
-                     "refinement ms are the node's own (diagnostics refine_ms_p50/p95)")
-    if train:
-        add_baselines(methods, train, extractor, feats, n, progress, train_src)
-    n_pub = sum(k is not None for k in pub_of)
+def _add_live_methods(report, rec: _Recorder, device: str, map_path: Path | None) -> int:
+    """``posenet_live`` (and ``refined_live`` with its verification section) in ``report``.
+
+    Returns how many of the frames with ground truth were published.
+    """
+    # Sample stamps are float seconds (~0.2 us resolution at epoch times): match to the exact
+    # integer header stamps of the published images / received poses within MATCH_TOL_NS.
+    stamps = [int(round(t * 1e9)) for t in report.ground_truth().stamps]
+    published_of = _match(stamps, list(rec.published))
+    m = report.add_method(f'{MODEL_METHOD}_live', _live_method(
+        f'live node {NODE_MODULE} with {report.model_label} on {device}; ms = end-to-end '
+        'latency (image publish -> pose receipt)', stamps, rec.poses, rec, published_of))
+    m.extra['e2e_ms'] = m.ms.copy()
+    n_published = sum(k is not None for k in published_of)
+    if map_path is None:
+        return n_published
+    r = _live_method(f'refined poses the node verified against {map_path.name} '
+                     '(~/verified_pose, refine: continuous); frames without one count as '
+                     'failures; ms = image publish -> verified pose', stamps, rec.verified, rec,
+                     published_of)
+
+    def diag_ms(key):
+        try:
+            return float(rec.diagnostics.get(key, 'nan'))
+        except ValueError:
+            return math.nan
+
+    section = report.add_verification(
+        'refined_live', r, coarse=m, map_path=map_path,
+        statuses=['verified' if ok else 'unverified' for ok in r.valid],
+        inliers=np.full(len(stamps), np.nan),
+        stages={'total': {'p50': diag_ms('refine_ms_p50'), 'p95': diag_ms('refine_ms_p95')}})
+    section['node_diagnostics'] = dict(rec.diagnostics)
+    report.notes.append('live verification: frames without a verified pose (unverified, '
+                        'rejected or skipped while the verification thread was busy) count as '
+                        "unverified; refinement ms are the node's own (diagnostics "
+                        'refine_ms_p50/p95)')
+    return n_published
+
+
+def _add_live_sections(report, rec: _Recorder, rate: float, session: _LiveSession,
+                       n_pub: int) -> None:
+    """The ``live`` and ``latency`` sections of the summary, and the notes on dropped frames."""
+    from posenet_ros.evaluation.metrics import percentile_inf
+
+    m = report.methods[f'{MODEL_METHOD}_live']
     n_rx = int(m.valid.sum())
     e2e = m.extra['e2e_ms'][np.isfinite(m.extra['e2e_ms'])]
-    live = {'rate': rate, 'frames_published': len(publish_t), 'frames_with_ground_truth': n,
-            'poses_received': len(received), 'frames_dropped_by_node': n_pub - n_rx,
-            'e2e_ms': {'p50': percentile_inf(e2e, 50), 'p95': percentile_inf(e2e, 95)},
-            'node_log': node_log.name, 'domain_id': domain}
-    notes.append(f'{n_pub - n_rx} of {n_pub} published frames got no pose (dropped by the '
-                 'node: its input keeps only the newest frame); they count as failures. Lower '
-                 '--rate to measure accuracy without drops.')
-    source = {'model': str(model), 'model_id': meta.get('model_id'),
-              'backbone': meta.get('backbone'), 'device': device, 'bag': str(bag),
-              'image_topic': image_topic, 'pose_source': bag_stats.pose_source,
-              'mode': f'live node, replay rate {rate}'}
-    if train_src:
-        source['baseline_training_set'] = f'{train_src} ({len(train)} frames)'
-    train_pos = np.array([s.position for s in train]) if train else None
-    if not math.isfinite(live['e2e_ms']['p50']):
-        notes.append('no pose was received from the node; see node.log')
-    latency = {'p50_ms': live['e2e_ms']['p50'], 'p95_ms': live['e2e_ms']['p95'],
-               'p99_ms': percentile_inf(e2e, 99), 'n': int(e2e.size),
-               'what': 'end-to-end: image publish -> pose receipt'}
-    return write_report(out, gt, methods, train_positions=train_pos, notes=notes,
-                        title=title or f'Live evaluation of {model.name}', source=source,
-                        extra_summary={'live': live, 'latency': latency, **extra})
+    p50, p95 = percentile_inf(e2e, 50), percentile_inf(e2e, 95)
+    report.sections['live'] = {
+        'rate': rate, 'frames_published': len(rec.published),
+        'frames_with_ground_truth': report.n_frames, 'poses_received': len(rec.poses),
+        'frames_dropped_by_node': n_pub - n_rx, 'e2e_ms': {'p50': p50, 'p95': p95},
+        'node_log': session.node_log.name, 'domain_id': session.domain}
+    report.sections['latency'] = {'p50_ms': p50, 'p95_ms': p95,
+                                  'p99_ms': percentile_inf(e2e, 99), 'n': int(e2e.size),
+                                  'what': 'end-to-end: image publish -> pose receipt'}
+    report.notes.append(f'{n_pub - n_rx} of {n_pub} published frames got no pose (dropped by '
+                        'the node: its input keeps only the newest frame); they count as '
+                        'failures. Lower --rate to measure accuracy without drops.')
+    if not math.isfinite(p50):
+        report.notes.append('no pose was received from the node; see node.log')
 
 
 def _bag_topics(bag) -> set[str]:
