@@ -196,7 +196,9 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 def checkpoint_state(run, st: TrainState, partial_sums: dict | None = None,
                      budget: dict | None = None) -> dict:
-    """The resumable checkpoint dict of ``run`` (the trainer's parts) at progress ``st``.
+    """The resumable checkpoint dict of ``run`` at progress ``st``.
+
+    ``run``: the trainer's parts (``cfg``, ``dist``, ``data``, ``batches``, ``learner``).
 
     Collective under DDP: every rank's RNG state is gathered, so a mid-epoch resume is exact
     on all ranks.
