@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Training throughput (images/s) with and without the decoded-image cache.
 
-Runs the trainer's own building blocks (model, loss, augmentation, optimiser step of
-``posenet_ros.training.train``)
-for a number of steps on a dataset, once reading batches from the uint8
-memmap cache and once decoding + resizing every image on the fly, and reports:
+Runs the trainer's own building blocks (model, loss, augmentation, optimiser of
+``posenet_ros.training.learner`` and ``posenet_ros.training.schedule``) for a number of steps
+on a dataset, once reading batches from the uint8 memmap cache and once decoding + resizing
+every image on the fly, and reports:
 
 * ``data``: images/s of batch loading alone (what the cache removes),
 * ``train``: images/s of full training steps (loading + augmentation + forward/backward/step).
@@ -34,14 +34,15 @@ def _train_steps(cfg, images, labels, steps: int, warmup: int) -> float:
     """Images/s of ``steps`` timed training steps (after ``warmup`` untimed ones)."""
     from posenet_ros.model.network import build_posenet
     from posenet_ros.model.preprocessing import IMAGENET_MEAN, IMAGENET_STD, TrainAugment
+    from posenet_ros.training.learner import TrainStep
     from posenet_ros.training.losses import build_loss
-    from posenet_ros.training.train import _build_optimizer, _TrainStep
+    from posenet_ros.training.schedule import build_optimizer
 
     torch.manual_seed(cfg.seed)
     net = build_posenet(cfg.backbone, cfg.pretrained, cfg.dropout)
     loss = build_loss(cfg.loss, cfg.beta, cfg.s_x_init, cfg.s_q_init)
-    step = _TrainStep(net, loss).train()
-    opt = _build_optimizer(cfg, net, loss)
+    step = TrainStep(net, loss).train()
+    opt = build_optimizer(cfg, net, loss)
     gen = torch.Generator().manual_seed(cfg.seed)
     aug = TrainAugment(cfg.crop, IMAGENET_MEAN, IMAGENET_STD, cfg.brightness, cfg.contrast,
                        cfg.saturation, generator=gen)

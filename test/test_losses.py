@@ -148,28 +148,28 @@ def test_reference_hemisphere_keeps_rotations_and_one_hemisphere():
 
 # --- loss weights with their own learning rate -----------------------------------------------
 def test_loss_lr_gives_s_x_s_q_their_own_group():
-    from posenet_ros.training.train import _build_optimizer, _lr_lambda
+    from posenet_ros.training.schedule import build_optimizer, lr_lambda
 
     net = torch.nn.Linear(3, 7)
     for optimizer in ('adam', 'adamw', 'sgd'):
         cfg = load_config(None, {'lr': 1e-4, 'loss_lr': 1e-2, 'weight_decay': 1e-3,
                                  'optimizer': optimizer, 'epochs': 4})
         loss = build_loss('learned')
-        opt = _build_optimizer(cfg, net, loss)
+        opt = build_optimizer(cfg, net, loss)
         net_group, loss_group = opt.param_groups
         assert {id(p) for p in loss_group['params']} == {id(loss.s_x), id(loss.s_q)}
         assert loss_group['lr'] == 1e-2 and loss_group['weight_decay'] == 0.0
         assert net_group['lr'] == 1e-4 and net_group['weight_decay'] == 1e-3
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, 10))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, 10))
         for _ in range(20):
             opt.step()
             sched.step()
         # the same schedule scales both groups
         assert loss_group['lr'] / net_group['lr'] == pytest.approx(100.0)
     cfg = load_config(None, {'lr': 3e-4, 'loss_lr': None})
-    _, loss_group = _build_optimizer(cfg, net, build_loss('learned')).param_groups
+    _, loss_group = build_optimizer(cfg, net, build_loss('learned')).param_groups
     assert loss_group['lr'] == 3e-4 and loss_group['weight_decay'] == 0.0
-    assert len(_build_optimizer(cfg, net, build_loss('beta')).param_groups) == 1
+    assert len(build_optimizer(cfg, net, build_loss('beta')).param_groups) == 1
 
 
 @pytest.mark.parametrize('key, value, fragment', [

@@ -30,7 +30,7 @@ from posenet_ros.evaluation.metrics import frame_errors
 from posenet_ros.model.export import read_metadata
 from posenet_ros.model.relocalizer import Relocalizer
 from posenet_ros.training.checkpoint import load_checkpoint, save_checkpoint
-from posenet_ros.training.config import load_config
+from posenet_ros.training.config import RESUME_LEGACY, load_config
 from posenet_ros.training.image_cache import LazyImages, build_image_cache
 from posenet_ros.training.train import train
 
@@ -134,6 +134,29 @@ def test_resume_mismatch_and_missing_checkpoint(tiny, tmp_path, reference):
     # an existing run is never silently overwritten
     with pytest.raises(ConfigError, match='--resume'):
         train(cfg.replace(run_dir=str(ref_result.run_dir)))
+
+
+def test_older_checkpoint_resumes_as_it_ran(tiny, tmp_path, reference):
+    """A checkpoint from before a config key existed resumes with the value it trained with.
+
+    ``config.RESUME_LEGACY`` fills the missing keys; with ``--time-budget``, a checkpoint
+    written without a budget counts its training time as used.
+    """
+    _, ref = reference
+    old = {k: v for k, v in ref.items() if k not in ('checkpoint_version', 'budget')}
+    old['config'] = {k: v for k, v in ref['config'].items() if k not in RESUME_LEGACY}
+    path = save_checkpoint(tmp_path / 'old.pt', old)
+    cfg = tiny_cfg(tiny, tmp_path, resume=str(path))
+    done = train(cfg)  # all 4 epochs were trained: restored, nothing more to do
+    assert done.epochs == 4
+    _assert_same_state(done.model.state_dict(), ref['model'])
+    with pytest.raises(CheckpointError, match="quat_loss: checkpoint 'l2' vs now 'sign_inv"):
+        train(cfg.replace(quat_loss='sign_invariant', run_dir=str(tmp_path / 'other')))
+    budgeted = train(cfg.replace(time_budget='1h', run_dir=str(tmp_path / 'budget')),
+                     on_epoch_end=lambda row: True)
+    state = load_checkpoint(budgeted.last_checkpoint)
+    assert budgeted.stopped_early and state['epoch'] == 5
+    assert state['budget']['used_s'] > ref['train_time_s'] and state['budget']['epochs'] > 5
 
 
 def test_checkpoint_survives_crash_during_save(tmp_path):

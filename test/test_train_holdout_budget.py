@@ -20,8 +20,9 @@ from posenet_ros.model.export import read_metadata
 from posenet_ros.training.budget import parse_duration
 from posenet_ros.training.checkpoint import load_checkpoint
 from posenet_ros.training.config import load_config
+from posenet_ros.training.data import labels_fingerprint, translation_normalization
 from posenet_ros.training.holdout import holdout_split
-from posenet_ros.training.train import _labels_fingerprint, train, translation_normalization
+from posenet_ros.training.train import train
 
 
 @pytest.fixture(scope='module')
@@ -88,8 +89,8 @@ def test_default_training_never_reads_the_test_split(no_test_images, tmp_path):
     # checkpoint's label fingerprint and position normalisation are those of the rest
     assert {s.name for s in held} < {s.name for s in all_train}
     state = load_checkpoint(result.last_checkpoint)
-    assert state['train_fingerprint'] == _labels_fingerprint(trained)
-    assert state['train_fingerprint'] != _labels_fingerprint(all_train)
+    assert state['train_fingerprint'] == labels_fingerprint(trained)
+    assert state['train_fingerprint'] != labels_fingerprint(all_train)
     mean, scale = translation_normalization(np.stack([s.position for s in trained]))
     assert np.allclose(state['pos_mean'], mean) and state['pos_scale'] == pytest.approx(scale)
     meta = read_metadata(result.export_ts)['training']
@@ -165,15 +166,15 @@ def test_cli_time_budget_flag_and_old_val_split(tiny_scene, tmp_path, capsys):
 
 
 def test_budget_refit_keeps_the_cosine_continuous_and_ends_at_its_floor():
-    from posenet_ros.training.train import _lr_lambda, _SchedulePlan
+    from posenet_ros.training.schedule import SchedulePlan, lr_lambda
 
     cfg = load_config(None, {'epochs': 10, 'warmup_epochs': 1, 'min_lr_ratio': 0.01})
     spe = 8
     # without a re-fit: the plain cosine over cfg.epochs (what every run without a budget gets)
-    plain, planned = _lr_lambda(cfg, spe), _lr_lambda(cfg, spe, _SchedulePlan(10))
+    plain, planned = lr_lambda(cfg, spe), lr_lambda(cfg, spe, SchedulePlan(10))
     assert [plain(s) for s in range(80)] == [planned(s) for s in range(80)]
-    plan = _SchedulePlan(None)  # measuring epoch: warm-up, then the peak rate
-    f = _lr_lambda(cfg, spe, plan)
+    plan = SchedulePlan(None)  # measuring epoch: warm-up, then the peak rate
+    f = lr_lambda(cfg, spe, plan)
     assert f(7) == 1.0 and f(12) == 1.0
     plan.refit(10, 16, warm=8, steps_per_epoch=spe)
     assert f(16) == 1.0 and f(40) < 1.0
@@ -183,3 +184,55 @@ def test_budget_refit_keeps_the_cosine_continuous_and_ends_at_its_floor():
         assert f(40) == pytest.approx(before, abs=1e-12)
         assert f(epochs * spe) == pytest.approx(0.01) and f(epochs * spe - 1) > 0.01
     assert f(47) < before
+
+
+def test_budget_controller_fits_refits_resumes_and_cuts(caplog):
+    """The controller's decisions on a real clock, with epoch costs given (no training)."""
+    from posenet_ros.training.budget import BudgetController
+    from posenet_ros.training.checkpoint import TrainState
+    from posenet_ros.training.distributed import Distributed
+    from posenet_ros.training.schedule import SchedulePlan, lr_lambda
+
+    cfg = load_config(None, {'time_budget': '100s', 'val_every': 1, 'export': False})
+    spe = 10
+
+    def controller(schedule):
+        return BudgetController.from_config(cfg, time.perf_counter(), 0, schedule,
+                                            steps_per_epoch=spe, warm=0, dist=Distributed())
+
+    assert BudgetController.from_config(cfg.replace(time_budget=None), 0.0, 0, SchedulePlan(5),
+                                        steps_per_epoch=spe, warm=0, dist=Distributed()) is None
+    schedule = SchedulePlan(None)
+    ctl = controller(schedule)
+    ctl.begin(TrainState(), 0)
+    assert ctl.measuring and schedule.epochs is None
+    # the measuring epoch: 8 s + a 1 s validation; 100 s - 2 s margin - 1 s final validation
+    # leaves ~97 s, 10 more epochs of 9 s
+    ctl.validated(1.0)
+    ctl.end_epoch(1, 8.0, spe, cut=False, step=spe)
+    assert not ctl.measuring and schedule.epochs == 11
+    lr = lr_lambda(cfg, spe, schedule)
+    before = lr(20)
+    ctl.saved(1.0)  # the checkpoint save counts in the next epoch's cost: 29 + 1 s
+    with caplog.at_level('INFO', logger='posenet_ros.training'):
+        ctl.end_epoch(2, 29.0, spe, cut=False, step=2 * spe)
+    assert 'running late' in caplog.text
+    assert schedule.epochs == 2 + int(97 // 20)  # mean of 8 and 30 s, + 1 s validation
+    assert lr(20) == pytest.approx(before, abs=1e-12)  # re-spread, not restarted
+    stored = ctl.state()
+    assert stored['budget_s'] == 100 and stored['epoch_s'] == 19 and stored['val_s'] == 1
+    assert stored['epochs'] == schedule.epochs and stored['anchor_step'] == 2 * spe
+    # a resumed run takes the stored plan and its anchor, counts the time already used,
+    # and re-fits from the stored measurements (same plan here: little time has passed)
+    resumed = SchedulePlan(None)
+    again = controller(resumed)
+    again.begin(TrainState(epoch=2, budget=stored), 2 * spe)
+    assert resumed.to_dict() == schedule.to_dict()
+    assert again.plan.used_before_s == stored['used_s'] and again.plan.recent == [19]
+    # an epoch resumed mid-way is scaled up to a full one: 5 steps in 5 s cost 10 s
+    again.end_epoch(3, 5.0, spe // 2, cut=False, step=3 * spe)
+    assert again.plan.epoch_s == pytest.approx((19 + 10) / 2)
+    # the deadline cut an epoch short: training stops there, its cost is not measured
+    again.end_epoch(4, 1.0, 3, cut=True, step=3 * spe + 3)
+    assert resumed.epochs == 4 and again.plan.recent == [19, 10]
+    assert again.deadline == pytest.approx(again.plan.origin + 100 - stored['used_s'] - 2)
