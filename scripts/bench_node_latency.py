@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from posenet_ros.core.ros_conversions import fill_stamp, stamp_to_ns
+
 ROOT = Path(__file__).resolve().parents[1]
 TOPIC = '/bench/camera/image_raw'
 
@@ -95,7 +97,7 @@ class Bench:
             m.header.frame_id = 'camera_optical'
             m.data = array.array('B', rgb.tobytes())  # ~1 ms instead of ~46 ms for a list copy
             self.msgs.append(m)
-        self.received: dict[tuple[int, int], float] = {}
+        self.received: dict[int, float] = {}  # header stamp (ns) -> receipt time
         self._subs = []
         self._qos = qos
         self._pose_type = PoseStamped
@@ -111,7 +113,7 @@ class Bench:
 
     def _on_pose(self, msg):
         t = time.time()
-        self.received[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = t
+        self.received[stamp_to_ns(msg.header.stamp)] = t
 
     def listen(self, topic: str):
         """Subscribe to a pose topic (replacing the previous subscription)."""
@@ -130,7 +132,7 @@ class Bench:
             time.sleep(0.05)
         return False
 
-    def run(self, rate: float, duration: float) -> list[tuple[float, tuple[int, int]]]:
+    def run(self, rate: float, duration: float) -> list[tuple[float, int]]:
         """Publish at ``rate`` Hz for ``duration`` s; returns (send time, stamp key) per frame."""
         sent = []
         period = 1.0 / rate
@@ -143,11 +145,9 @@ class Bench:
                 time.sleep(t_next - now)
             msg = self.msgs[i % len(self.msgs)]
             t = time.time()
-            sec = int(t)
-            nsec = int((t - sec) * 1e9)
-            msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nsec
+            fill_stamp(msg.header.stamp, round(t * 1e9))
             self.pub.publish(msg)
-            sent.append((t, (sec, nsec)))
+            sent.append((t, stamp_to_ns(msg.header.stamp)))
             i += 1
             t_next += period
         time.sleep(1.5)  # let the last answers (or a queue) drain

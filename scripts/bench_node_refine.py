@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from posenet_ros.core.ros_conversions import camera_info_topic, fill_stamp, stamp_to_ns
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'scripts'))
 import bench_node_latency as bnl  # noqa: E402  (the shared publisher, summary and process helpers)
@@ -90,7 +92,7 @@ class RefineBench(bnl.Bench):
         self.info.height, self.info.width = frames[0].shape[:2]
         self.info.k = [float(v) for v in np.asarray(K).reshape(-1)]
         self.info_pub = self.node.create_publisher(
-            CameraInfo, TOPIC.rsplit('/', 1)[0] + '/camera_info',
+            CameraInfo, camera_info_topic(TOPIC),
             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         from geometry_msgs.msg import PoseWithCovarianceStamped
 
@@ -118,11 +120,11 @@ class RefineBench(bnl.Bench):
             while not future.done() and time.time() - t_call < timeout:
                 msg = self.msgs[i % len(self.msgs)]
                 t = time.time()
-                msg.header.stamp.sec, msg.header.stamp.nanosec = int(t), int((t % 1) * 1e9)
+                fill_stamp(msg.header.stamp, round(t * 1e9))
                 self.info.header.stamp = msg.header.stamp
                 self.info_pub.publish(self.info)
                 self.pub.publish(msg)
-                sent[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = (t, i % len(self.msgs))
+                sent[stamp_to_ns(msg.header.stamp)] = (t, i % len(self.msgs))
                 i += 1
                 time.sleep(period)
             t_done = time.time()
@@ -134,8 +136,7 @@ class RefineBench(bnl.Bench):
                    'call_to_answer_ms': round((t_done - t_call) * 1000.0, 1)}
             if res.success:
                 doc = json.loads(res.message)
-                key = (doc['stamp']['sec'], doc['stamp']['nanosec'])
-                t_pub, k = sent[key]
+                t_pub, k = sent[stamp_to_ns(doc['stamp'])]
                 row['frame_to_answer_ms'] = round((t_done - t_pub) * 1000.0, 1)
                 p, q = truth[k]
                 row['error_m'] = round(float(np.linalg.norm(

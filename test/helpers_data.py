@@ -152,7 +152,7 @@ def write_pose_bag(path, storage='sqlite3', n_images=10, image_dt=0.1, pose_time
                    pose_topic='/gt/pose', size=(24, 32)):
     """Write a test bag and return the list of RGB frames written.
 
-    Images go on ``/cam/<encoding>`` (+ ``/cam/compressed`` PNG) at ``t0 + i * image_dt``;
+    Images go on ``/cam/<encoding>`` (+ ``/cam/rgb8/compressed`` PNG) at ``t0 + i * image_dt``;
     poses of :func:`motion` at ``t0 + pose_times`` go
     either on ``pose_topic`` or (``tf_chain``) as /tf map->odom->base + /tf_static
     base->cam_optical.
@@ -183,7 +183,8 @@ def write_pose_bag(path, storage='sqlite3', n_images=10, image_dt=0.1, pose_time
                 bag.image(f'/cam/{enc}', stamp, rgb, frame_id='cam_optical', encoding=enc,
                           row_padding=row_padding)
             if compressed:
-                bag.compressed('/cam/compressed', stamp, rgb, frame_id='cam_optical', fmt='png')
+                bag.compressed('/cam/rgb8/compressed', stamp, rgb, frame_id='cam_optical',
+                               fmt='png')
             if camera_info:
                 bag.camera_info('/cam/camera_info', stamp, TEST_K, size[1], size[0],
                                 frame_id='cam_optical')

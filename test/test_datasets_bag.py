@@ -59,9 +59,11 @@ def test_encodings_padding_and_compressed(tmp_path, storage):
     import cv2
     gray = cv2.cvtColor(frames[0], cv2.COLOR_RGB2GRAY)
     assert np.array_equal(samples[0].image[..., 1], gray) and samples[0].image.shape[2] == 3
-    samples, _ = read_bag(tmp_path / 'b', image_topic='/cam/compressed', pose_topic='/gt/pose')
+    samples, _ = read_bag(tmp_path / 'b', image_topic='/cam/rgb8/compressed',
+                          pose_topic='/gt/pose')
     assert np.array_equal(samples[1].image, frames[1])  # PNG: lossless
-    assert samples[1].intrinsics is not None  # camera_info found next to /cam/compressed
+    # image_transport: <ns>/<base>/compressed has its camera_info at <ns>/camera_info
+    assert samples[1].intrinsics is not None
 
 
 def test_max_gap_skips_and_counts(tmp_path):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from posenet_ros.core.image_conversion import decode_image, rgb_to_image_fields, to_rgb
-from posenet_ros.ros.frames import FrameStager, xyzw_pose_to_matrix
+from posenet_ros.core.ros_conversions import xyzw_pose_to_matrix
+from posenet_ros.ros.frames import FrameStager
 
 
 @pytest.fixture(scope='module')
@@ -124,7 +125,7 @@ def test_builtin_tf_buffer_chain_interpolation_and_errors():
     assert abs(yaw - 4.0) < 1e-6
     with pytest.raises(ExtrapolationException):
         buf.matrix('odom', 'base_link', 2_000_000_000)
-    with pytest.raises(LookupException, match='not in TF'):
+    with pytest.raises(LookupException, match='not in the TF tree'):
         buf.matrix('map', 'base_link', 0)
     tf = buf.lookup_transform('base_link', 'camera_optical', 0, timeout=0.0)
     assert (tf.header.frame_id, tf.child_frame_id) == ('base_link', 'camera_optical')

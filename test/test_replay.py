@@ -24,6 +24,7 @@ SUBSCRIBER = textwrap.dedent("""
     from sensor_msgs.msg import Image
     from tf2_msgs.msg import TFMessage
     from rosgraph_msgs.msg import Clock
+    from posenet_ros.core.ros_conversions import stamp_to_ns
 
     out_path, expected = sys.argv[1], int(sys.argv[2])
     rclpy.init()
@@ -43,7 +44,7 @@ SUBSCRIBER = textwrap.dedent("""
                                      raw=True)]
     clock = []
     subs.append(node.create_subscription(
-        Clock, '/clock', lambda m: clock.append(m.clock.sec * 10**9 + m.clock.nanosec), 100))
+        Clock, '/clock', lambda m: clock.append(stamp_to_ns(m.clock)), 100))
     print('READY', flush=True)
     deadline = time.monotonic() + 60
     while len(got) < expected and time.monotonic() < deadline:

@@ -37,6 +37,15 @@ class InvalidPoseError(PoseNetError, ValueError):
     """A pose, quaternion or transform is malformed (zero/non-finite quaternion, wrong shape)."""
 
 
+# --- transforms (TF) -------------------------------------------------------------------------
+class TransformLookupError(PoseNetError, LookupError):
+    """Unknown or unconnected frames, or a TF tree with a cycle or a frame with two parents."""
+
+
+class ExtrapolationError(PoseNetError, LookupError):
+    """A transform is wanted at a time outside its data, or inside a gap longer than max_gap."""
+
+
 # --- model files -----------------------------------------------------------------------------
 class ModelFileError(PoseNetError):
     """Base class for problems with an exported model file."""

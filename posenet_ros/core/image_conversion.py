@@ -75,6 +75,14 @@ class RawFrame:
     channel_order: str
 
 
+def _byte_buffer(data, what: str) -> np.ndarray:
+    """``data`` as a flat uint8 array (no copy); ImageConversionError naming ``what`` if not."""
+    try:
+        return np.frombuffer(data, dtype=np.uint8)
+    except (TypeError, ValueError) as exc:
+        raise ImageConversionError(f'{what} is not a byte buffer: {exc}') from exc
+
+
 def decode_image(encoding: str, height: int, width: int, step: int, is_bigendian,
                  data) -> RawFrame:
     """View a raw ``sensor_msgs/Image`` payload as ``(H, W, C)`` uint8 without copying 8-bit data.
@@ -101,10 +109,7 @@ def decode_image(encoding: str, height: int, width: int, step: int, is_bigendian
     if step < row_bytes:
         raise ImageConversionError(
             f'step {step} is smaller than one row of {width} px {encoding} ({row_bytes} bytes)')
-    try:
-        buf = np.frombuffer(data, dtype=np.uint8)
-    except (TypeError, ValueError) as exc:
-        raise ImageConversionError(f'image data is not a byte buffer: {exc}') from exc
+    buf = _byte_buffer(data, 'image data')
     if buf.size != step * height:
         what = 'truncated' if buf.size < step * height else 'longer than expected'
         raise ImageConversionError(
@@ -132,10 +137,7 @@ def decode_compressed(fmt: str, data) -> RawFrame:
     if 'compresseddepth' in fmt_l:
         raise ImageConversionError(
             f'format {fmt!r} is a compressed depth image; subscribe to a colour camera topic')
-    try:
-        buf = np.frombuffer(data, dtype=np.uint8)
-    except (TypeError, ValueError) as exc:
-        raise ImageConversionError(f'compressed data is not a byte buffer: {exc}') from exc
+    buf = _byte_buffer(data, 'compressed data')
     if buf.size == 0:
         raise ImageConversionError('compressed image is empty (0 bytes)')
     try:

@@ -1,14 +1,16 @@
 """Opening rosbag2 files, for every reader: topics, camera_info, static TF, damaged bags.
 
-``BagDataset``, ``extract-bag``, ``label`` and ``evaluate`` all open bags through this module.
+Every bag is opened here (:func:`open_reader`, :func:`bag_reader`): ``BagDataset``,
+``extract-bag``, ``label``, ``evaluate``, ``replay`` and live evaluation.
 
 Damage of any kind (a page of a ``.db3`` overwritten, an ``.mcap`` without its summary because
 the recorder was killed, a missing or stale ``metadata.yaml``) becomes one :class:`BagError`
 that names the file and points to ``posenet-ros bag-salvage``
 (:mod:`posenet_ros.datasets.salvage`).
 
-Transforms are 4x4 ``T_parent_child`` (maps child coordinates to parent coordinates); ROS
-quaternions are xyzw and are converted to the project's wxyz here.
+Transforms are 4x4 ``T_parent_child`` (maps child coordinates to parent coordinates); message
+conversions are :mod:`posenet_ros.core.ros_conversions`, the TF tree
+:mod:`posenet_ros.core.transforms`.
 """
 
 from __future__ import annotations
@@ -16,20 +18,21 @@ from __future__ import annotations
 import sqlite3
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from posenet_ros.core import ros_conversions
 from posenet_ros.core.errors import BagError
-from posenet_ros.core.geometry import compose, invert, pose_to_matrix, xyzw_to_wxyz
-from posenet_ros.core.tf_tree import tree_path
+from posenet_ros.core.transforms import TfTree, strip_frame
 from posenet_ros.datasets.types import intrinsics_matrix
 
 __all__ = ['IMAGE_TYPES', 'POSE_TYPES', 'TF_TYPE', 'CAMERA_INFO_TYPE', 'STORAGE_SUFFIXES',
-           'is_bag', 'resolve_bag', 'storage_files', 'open_reader', 'iter_messages',
-           'deserialize', 'topics', 'topic_listing', 'pick_topic', 'camera_info_topic',
-           'read_camera_info', 'first_frame_id', 'strip_frame', 'static_edges',
-           'static_transform', 'parse_camera_in_base', 'damage_error']
+           'is_bag', 'resolve_bag', 'storage_files', 'open_reader', 'bag_reader',
+           'topic_counts', 'iter_messages', 'deserialize', 'topics', 'topic_listing',
+           'pick_topic', 'camera_info_topic', 'read_camera_info', 'first_frame_id',
+           'strip_frame', 'static_tree', 'damage_error']
 
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 POSE_TYPES = ('geometry_msgs/msg/PoseStamped', 'geometry_msgs/msg/PoseWithCovarianceStamped',
@@ -39,11 +42,6 @@ CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 STORAGE_SUFFIXES = ('.db3', '.mcap')
 SALVAGE_HINT = ('copy out what is still readable with: posenet-ros bag-salvage {bag} '
                 '{bag}_salvaged')
-
-
-def strip_frame(frame: str) -> str:
-    """TF frame id without a leading '/' (tf2 ignores it too)."""
-    return frame[1:] if frame.startswith('/') else frame
 
 
 def is_bag(path) -> bool:
@@ -169,21 +167,28 @@ def _metadata_check(bag: Path) -> None:
                        + SALVAGE_HINT.format(bag=bag))
 
 
-def open_reader(path, check_metadata: bool = True):
-    """Open a bag with rosbags' ``AnyReader``; returns ``(reader, resolved_path)``.
+def open_reader(path, check_metadata: bool = True, typed: bool = True):
+    """Open a bag; returns ``(reader, resolved_path)``; the caller closes the reader.
 
-    Bags from ROS 2 Humble and older carry no message definitions: the reader falls back to
-    Humble's types (sensor_msgs/geometry_msgs/nav_msgs/tf2_msgs are identical in
-    Humble..Kilted). Damage and stale metadata raise :class:`BagError` naming the file.
+    ``typed``: rosbags' ``AnyReader``, which deserialises. Bags from ROS 2 Humble and older
+    carry no message definitions: it falls back to Humble's types
+    (sensor_msgs/geometry_msgs/nav_msgs/tf2_msgs are identical in Humble..Kilted). Otherwise
+    the plain rosbag2 ``Reader``, for raw bytes of any type (replay, topic listings).
+    Damage and stale metadata raise :class:`BagError` naming the file.
     """
-    from rosbags.highlevel import AnyReader
-    from rosbags.typesys import Stores, get_typestore
-
     bag = resolve_bag(path)
     if bag.is_dir() and check_metadata:
         _metadata_check(bag)
     try:
-        reader = AnyReader([bag], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
+        if typed:
+            from rosbags.highlevel import AnyReader
+            from rosbags.typesys import Stores, get_typestore
+
+            reader = AnyReader([bag], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
+        else:
+            from rosbags.rosbag2 import Reader
+
+            reader = Reader(bag)
         reader.open()
     except Exception as exc:  # noqa: BLE001 - rosbags raises several types for unreadable bags
         if 'missing' in str(exc) and bag.is_dir():
@@ -191,6 +196,29 @@ def open_reader(path, check_metadata: bool = True):
                            + SALVAGE_HINT.format(bag=bag)) from None
         raise damage_error(bag, exc, 'opening it') from None
     return reader, bag
+
+
+@contextmanager
+def bag_reader(path, check_metadata: bool = True, typed: bool = True):
+    """Open a bag as :func:`open_reader` does, closing it on exit.
+
+    ``with bag_reader(path) as (reader, bag):``
+    """
+    reader, bag = open_reader(path, check_metadata, typed)
+    try:
+        yield reader, bag
+    finally:
+        reader.close()
+
+
+def topic_counts(path) -> dict[str, tuple[str, int]]:
+    """``{topic: (msgtype, message count)}`` of a bag."""
+    with bag_reader(path, typed=False) as (reader, _):
+        out: dict[str, tuple[str, int]] = {}
+        for c in reader.connections:
+            prev = out.get(c.topic, (c.msgtype, 0))
+            out[c.topic] = (c.msgtype, prev[1] + c.msgcount)
+        return out
 
 
 def iter_messages(reader, connections, bag) -> Iterator:
@@ -256,11 +284,13 @@ def pick_topic(reader, wanted: str | None, types: tuple[str, ...], what: str, ba
 
 
 def camera_info_topic(reader, image_topic: str) -> str | None:
-    """``<ns>/camera_info`` next to ``<ns>/image_raw[/compressed]``, if the bag has it."""
-    found = topics(reader)
-    parts = image_topic.split('/')
-    guesses = ['/'.join(parts[:-k]) + '/camera_info' for k in (1, 2) if len(parts) > k]
-    return next((g for g in guesses if found.get(g) == CAMERA_INFO_TYPE), None)
+    """The image topic's camera_info topic if the bag has it as a CameraInfo, else None.
+
+    The rule is image_transport's (:func:`posenet_ros.core.ros_conversions.camera_info_topic`):
+    ``<ns>/image_raw`` and ``<ns>/image_raw/compressed`` -> ``<ns>/camera_info``.
+    """
+    topic = ros_conversions.camera_info_topic(image_topic)
+    return topic if topics(reader).get(topic) == CAMERA_INFO_TYPE else None
 
 
 def read_camera_info(reader, topic: str, bag) -> np.ndarray | None:
@@ -287,53 +317,13 @@ def first_frame_id(reader, topic: str, bag) -> str:
     return ''
 
 
-def static_edges(reader, bag) -> dict[str, tuple[str, np.ndarray]]:
-    """``{child: (parent, T_parent_child)}`` from ``/tf_static`` (last value of each edge)."""
+def static_tree(reader, bag) -> TfTree:
+    """The TF tree of the bag's ``/tf_static`` (the newest value of each edge)."""
+    tree = TfTree()
     conns = [c for c in reader.connections if c.topic == '/tf_static' and c.msgtype == TF_TYPE]
-    edges: dict[str, tuple[str, np.ndarray]] = {}
     for conn, _, raw in iter_messages(reader, conns, bag):
-        for tr in deserialize(reader, raw, conn.msgtype, bag).transforms:
-            t, r = tr.transform.translation, tr.transform.rotation
-            edges[strip_frame(tr.child_frame_id)] = (
-                strip_frame(tr.header.frame_id),
-                pose_to_matrix([t.x, t.y, t.z], xyzw_to_wxyz(np.array([r.x, r.y, r.z, r.w]))))
-    return edges
-
-
-def static_transform(edges: dict, parent: str, child: str):
-    """``(T_parent_child, 'a->b->c')`` composed from static edges, or None when unconnected."""
-    try:
-        path = tree_path({c: p for c, (p, _) in edges.items()}, parent, child)
-    except ValueError as exc:
-        raise BagError(f'/tf_static: {exc}') from None
-    if path is None:
-        return None
-    T = np.eye(4)
-    names = [parent]
-    for f, inverted in path:  # up to the common ancestor inverted, then down to the child
-        p, T_pf = edges[f]
-        T = compose(T, invert(T_pf) if inverted else T_pf)
-        names.append(p if inverted else f)
-    return T, '->'.join(names)
-
-
-def parse_camera_in_base(values) -> np.ndarray:
-    """``x y z qx qy qz qw`` (ROS order) or a 4x4 matrix -> ``T_base_cam``; rigid only."""
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.shape == (4, 4):
-        R = arr[:3, :3]
-        if not (np.allclose(R @ R.T, np.eye(3), atol=1e-6) and np.isclose(np.linalg.det(R), 1,
-                atol=1e-6) and np.allclose(arr[3], [0, 0, 0, 1])):
-            raise BagError('camera_in_base is not a rigid transform (rotation not orthonormal '
-                           'or last row not 0 0 0 1)')
-        return arr.copy()
-    if arr.shape != (7,) or not np.all(np.isfinite(arr)):
-        raise BagError(f'camera_in_base needs 7 finite numbers x y z qx qy qz qw, got {values!r}')
-    norm = np.linalg.norm(arr[3:])
-    if abs(norm - 1.0) > 1e-3:
-        raise BagError(f'camera_in_base quaternion (qx qy qz qw) has norm {norm:.4f}, not 1: it '
-                       'is not a rotation; give a unit quaternion in ROS order (w last)')
-    return pose_to_matrix(arr[:3], xyzw_to_wxyz(arr[3:] / norm))
+        tree.add_message(deserialize(reader, raw, conn.msgtype, bag), static=True)
+    return tree
 
 
 def add_frame_args(ap) -> None:

@@ -36,26 +36,24 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from posenet_ros.core.errors import BagError, ImageConversionError
-from posenet_ros.core.geometry import (
-    canonicalize_quaternion,
-    compose,
-    interpolate_pose,
-    invert,
-    matrix_to_pose,
-    pose_to_matrix,
-    xyzw_to_wxyz,
+from posenet_ros.core.errors import (
+    BagError,
+    ExtrapolationError,
+    ImageConversionError,
+    InvalidPoseError,
+    TransformLookupError,
 )
-from posenet_ros.core.tf_tree import tree_path
-from posenet_ros.datasets import bagio
-from posenet_ros.datasets.bagio import (
-    CAMERA_INFO_TYPE,
-    IMAGE_TYPES,
-    POSE_TYPES,
-    TF_TYPE,
-    is_bag,
+from posenet_ros.core.geometry import canonicalize_quaternion, matrix_to_pose
+from posenet_ros.core.ros_conversions import msg_to_pose, stamp_to_ns
+from posenet_ros.core.transforms import (
+    TfTree,
+    TransformSeries,
+    compose_chain,
+    extrinsic_matrix,
     strip_frame,
 )
+from posenet_ros.datasets import bagio
+from posenet_ros.datasets.bagio import CAMERA_INFO_TYPE, IMAGE_TYPES, POSE_TYPES, TF_TYPE, is_bag
 from posenet_ros.datasets.types import PoseSample
 
 __all__ = ['BagStats', 'BagDataset', 'read_bag', 'is_bag', 'IMAGE_TYPES', 'POSE_TYPES',
@@ -95,54 +93,17 @@ class BagStats:
         return asdict(self)
 
 
-class _Series:
-    """Time series of one rigid transform (sorted int ns stamps); static = one constant pose."""
-
-    def __init__(self, stamps, positions, quats, static: bool = False):
-        order = np.argsort(np.asarray(stamps, dtype=np.int64), kind='stable')
-        stamps = np.asarray(stamps, dtype=np.int64)[order]
-        # Duplicate stamps: keep the last one recorded.
-        keep = np.append(stamps[1:] != stamps[:-1], True)
-        self.stamps = stamps[keep]
-        self.positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)[order][keep]
-        self.quats = np.asarray(quats, dtype=np.float64).reshape(-1, 4)[order][keep]
-        self.static = static
-
-    def __len__(self):
-        return len(self.stamps)
-
-    def at(self, t_ns: int, max_gap_ns: int):
-        """(position, wxyz) at ``t_ns`` or None when no pose is close enough."""
-        if self.static:
-            return self.positions[-1], self.quats[-1]
-        i = int(np.searchsorted(self.stamps, t_ns))
-        for j in (i - 1, i):  # an (almost) exact match needs no partner
-            if 0 <= j < len(self.stamps) and abs(int(self.stamps[j]) - t_ns) <= EXACT_TOLERANCE_NS:
-                return self.positions[j], self.quats[j]
-        if i == 0 or i == len(self.stamps):
-            return None
-        t0, t1 = int(self.stamps[i - 1]), int(self.stamps[i])
-        if t1 - t0 > max_gap_ns:
-            return None
-        alpha = (t_ns - t0) / (t1 - t0)
-        return interpolate_pose(self.positions[i - 1], self.quats[i - 1], self.positions[i],
-                                self.quats[i], alpha)
-
-
 def _stamp_ns(header, record_ns: int, stats: BagStats) -> int:
-    ns = int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+    """The header stamp (ns); the record time when the stamp is zero (counted)."""
+    ns = stamp_to_ns(header.stamp)
     if ns == 0:
         stats.n_zero_stamps += 1
         return int(record_ns)
     return ns
 
 
-def _pose_of(msg, msgtype: str):
-    pose = msg.pose.pose if msgtype != _POSE_STAMPED else msg.pose
-    p = np.array([pose.position.x, pose.position.y, pose.position.z], dtype=np.float64)
-    q = np.array([pose.orientation.x, pose.orientation.y, pose.orientation.z,
-                  pose.orientation.w], dtype=np.float64)
-    return p, q
+def _span_s(span) -> tuple[float, float]:
+    return span[0] / 1e9, span[1] / 1e9
 
 
 class BagDataset:
@@ -182,7 +143,10 @@ class BagDataset:
             raise BagError(f'max_gap must be > 0 and every_n >= 1 (got {max_gap}, {every_n})')
         if tf is not None and pose_frame:
             raise BagError('pose_frame applies to pose topics; with tf the frame is tf[1]')
-        T_ext = None if camera_in_base is None else bagio.parse_camera_in_base(camera_in_base)
+        try:
+            T_ext = extrinsic_matrix(camera_in_base)
+        except InvalidPoseError as exc:
+            raise BagError(str(exc)) from None
         self._reader, self.path = bagio.open_reader(path)
         try:
             self._setup(image_topic, pose_topic, tf, camera_info_topic, max_gap, every_n, split,
@@ -206,7 +170,7 @@ class BagDataset:
         self.image_topic = self._pick(image_topic, IMAGE_TYPES, 'image')
         self.every_n = int(every_n)
         self.split = split
-        self.max_gap_ns = int(round(max_gap * 1e9))
+        self.max_gap = float(max_gap)
         if tf is None:
             pose_topic = self._pick(pose_topic, POSE_TYPES, 'pose')
             source = f'topic {pose_topic}'
@@ -218,9 +182,9 @@ class BagDataset:
             bagio.first_frame_id(self._reader, self.image_topic, self.path)
         if tf is None:
             series, pose_of = self._read_pose_topic(pose_topic, pose_frame, cam)
-            self._series = [(series, False)]
+            self._chain = [(series, False)]
         else:
-            self._series = self._read_tf_chain(strip_frame(tf[0]), strip_frame(tf[1]))
+            self._chain = self._read_tf_chain(strip_frame(tf[0]), strip_frame(tf[1]))
             pose_of = strip_frame(tf[1])
         self.stats.pose_of = pose_of
         self.stats.camera_frame = cam or pose_of
@@ -237,24 +201,25 @@ class BagDataset:
         if T_ext is not None:
             T, how = T_ext, 'camera_in_base'
         else:
-            found = bagio.static_transform(bagio.static_edges(self._reader, self.path),
-                                           pose_of, cam)
-            if found is None:
+            tree = bagio.static_tree(self._reader, self.path)
+            try:
+                T, how = tree.matrix(pose_of, cam), \
+                    'tf_static ' + '->'.join(tree.path_frames(pose_of, cam))
+            except TransformLookupError as exc:
                 where = 'the camera_frame you gave' if cam_given else \
                     f'the header.frame_id of {self.image_topic}'
                 raise BagError(
                     f"poses from {self.stats.pose_source} in {self.path} are of frame "
                     f"'{pose_of}', but the images are of camera frame '{cam}' ({where}), and "
-                    f"the bag's /tf_static has no transform '{pose_of}' -> '{cam}'. Fix: record "
-                    f'/tf_static with the camera mounting (robot_state_publisher), or pass '
+                    f"the bag's /tf_static has no transform '{pose_of}' -> '{cam}' ({exc}). "
+                    'Fix: record /tf_static with the camera mounting (robot_state_publisher), '
+                    'or pass '
                     f'--camera-in-base X Y Z QX QY QZ QW (the pose of {cam!r} in {pose_of!r}), '
                     f'or use a pose source of the camera frame (a camera pose topic, or '
                     f"--tf MAP {cam}); if the poses already are the camera's, pass "
-                    f'--camera-frame {pose_of}')
-            T, path = found
-            how = f'tf_static {path}'
+                    f'--camera-frame {pose_of}') from None
         p, q = matrix_to_pose(T)
-        self._series.append((_Series([0], [p], [q], static=True), False))
+        self._chain.append((TransformSeries.fixed(T, f'{pose_of} -> {cam}'), False))
         self.stats.extrinsic = how
         self.stats.frames['camera_in_pose_frame'] = [float(v) for v in (*p, *q)]  # xyz wxyz
 
@@ -267,19 +232,19 @@ class BagDataset:
 
     def _read_pose_topic(self, topic: str, pose_frame: str | None, cam: str):
         """(series of T_map_X, X): the poses and the frame X they describe."""
-        stamps, ps, qs, frames, children = [], [], [], set(), set()
+        series = self._new_series(topic)
+        n, frames, children = 0, set(), set()
         msgtype = self._topics()[topic]
         for _, rec_ns, msg in self._messages(self._conns(topic)):
-            p, q = _pose_of(msg, msgtype)
+            p, q = msg_to_pose(msg)
             if not (np.all(np.isfinite(p)) and np.all(np.isfinite(q))) or np.linalg.norm(q) < 1e-9:
                 continue  # an invalid pose is no label
-            stamps.append(_stamp_ns(msg.header, rec_ns, self.stats))
-            ps.append(p)
-            qs.append(canonicalize_quaternion(xyzw_to_wxyz(q)))
+            series.add(_stamp_ns(msg.header, rec_ns, self.stats), p, canonicalize_quaternion(q))
+            n += 1
             frames.add(strip_frame(msg.header.frame_id))
             if msgtype == _ODOMETRY:
                 children.add(strip_frame(msg.child_frame_id))
-        if not stamps:
+        if not n:
             raise BagError(f'pose topic {topic!r} in bag {self.path} has no (valid) messages; '
                            f'record the ground-truth pose or use TF. {self._topic_listing()}')
         if len(frames) > 1:
@@ -308,11 +273,14 @@ class BagDataset:
                 "robot base's pose (e.g. AMCL's /amcl_pose) and names no child frame: pass "
                 f'--pose-frame with the frame it describes (e.g. --pose-frame base_link, or '
                 f"--pose-frame {cam or 'CAMERA_FRAME'} if it is the camera's pose)")
-        self.stats.n_poses = len(stamps)
+        self.stats.n_poses = n
         self.stats.pose_frame = next(iter(frames))
-        series = _Series(stamps, ps, qs)
-        self.stats.pose_span = (float(series.stamps[0]) / 1e9, float(series.stamps[-1]) / 1e9)
+        self.stats.pose_span = _span_s(series.span)
         return series, child
+
+    def _new_series(self, name: str) -> TransformSeries:
+        return TransformSeries(max_gap_ns=int(round(self.max_gap * 1e9)),
+                               tolerance_ns=EXACT_TOLERANCE_NS, name=name)
 
     def _read_tf_chain(self, map_frame: str, cam_frame: str):
         """Per-edge series along map -> camera; returns [(series, inverted), ...] map-to-cam."""
@@ -321,50 +289,26 @@ class BagDataset:
         if not tf_topics:
             raise BagError(f'bag {self.path} has no /tf or /tf_static (tf2_msgs/msg/TFMessage) '
                            f'topic; use a pose topic instead. {self._topic_listing()}')
-        edges: dict[str, dict] = {}  # child -> {parent, stamps, ps, qs, static}
+        tree = TfTree(max_gap=self.max_gap, tolerance=EXACT_TOLERANCE_NS * 1e-9, strict=True)
         conns = [c for t in tf_topics for c in self._conns(t)]
-        for conn, rec_ns, msg in self._messages(conns):
-            static = conn.topic == '/tf_static'
-            for tr in msg.transforms:
-                parent, child = strip_frame(tr.header.frame_id), strip_frame(tr.child_frame_id)
-                edge = edges.setdefault(child, {'parent': parent, 'stamps': [], 'ps': [],
-                                                'qs': [], 'static': static})
-                if edge['parent'] != parent:
-                    raise BagError(f'frame {child!r} has two parents in {self.path} '
-                                   f'({edge["parent"]!r} and {parent!r}); TF needs a tree')
-                t, r = tr.transform.translation, tr.transform.rotation
-                edge['stamps'].append(_stamp_ns(tr.header, rec_ns, self.stats))
-                edge['ps'].append([t.x, t.y, t.z])
-                edge['qs'].append(xyzw_to_wxyz(np.array([r.x, r.y, r.z, r.w])))
-        frames = sorted(set(edges) | {e['parent'] for e in edges.values()})
-
-        for f in (map_frame, cam_frame):
-            if f not in frames:
-                raise BagError(f'frame {f!r} is not in the TF data of {self.path}; frames '
-                               f'present: {", ".join(frames) or "none"}')
-        # T_map_cam: map up to the common ancestor (inverted edges), then down to the camera.
         try:
-            chain = tree_path({c: e['parent'] for c, e in edges.items()}, map_frame, cam_frame)
-        except ValueError as exc:
+            for conn, rec_ns, msg in self._messages(conns):
+                tree.add_message(msg, conn.topic == '/tf_static',
+                                 lambda header, rec=rec_ns: _stamp_ns(header, rec, self.stats))
+            # T_map_cam: map up to the common ancestor (inverted edges), then down to the camera.
+            path = tree.path(map_frame, cam_frame)
+        except TransformLookupError as exc:
             raise BagError(f'TF in {self.path}: {exc}') from None
-        if chain is None:
-            raise BagError(f'frames {map_frame!r} and {cam_frame!r} are not connected in the TF '
-                           f'tree of {self.path}; frames present: {", ".join(frames)}')
-        series, spans, n = [], [], 0
-        for child, inverted in chain:
-            e = edges[child]
-            s = _Series(e['stamps'], e['ps'], e['qs'], static=e['static'])
-            series.append((s, inverted))
-            n += len(s)
-            if not s.static:
-                spans.append((float(s.stamps[0]) / 1e9, float(s.stamps[-1]) / 1e9))
-        self.stats.n_poses = n
+        chain = tree.chain(map_frame, cam_frame)
+        parent_of = tree.parent_of()
+        self.stats.n_poses = sum(len(s) for s, _ in chain)
         self.stats.pose_frame = map_frame
         self.stats.frames = {'map_frame': map_frame, 'camera_frame': cam_frame,
-                             'chain': [edges[c]['parent'] + '->' + c for c, _ in chain]}
-        if spans:
-            self.stats.pose_span = (max(a for a, _ in spans), min(b for _, b in spans))
-        return series
+                             'chain': [parent_of[c] + '->' + c for c, _ in path]}
+        spans = [s.span for s, _ in chain if not s.static]
+        if spans:  # the time all dynamic edges cover
+            self.stats.pose_span = _span_s((max(a for a, _ in spans), min(b for _, b in spans)))
+        return chain
 
     def _read_camera_info(self, topic: str | None) -> np.ndarray | None:
         if topic is None:
@@ -380,19 +324,10 @@ class BagDataset:
     # -- poses and images ----------------------------------------------------------------------
     def pose_at(self, t_ns: int):
         """``(position, wxyz)`` of ``T_map_cam`` at ``t_ns`` (header time), or None."""
-        mat = None
-        for series, inverted in self._series:
-            pq = series.at(t_ns, self.max_gap_ns)
-            if pq is None:
-                return None
-            if len(self._series) == 1 and not inverted:
-                return np.asarray(pq[0]), canonicalize_quaternion(pq[1])
-            edge = pose_to_matrix(*pq)
-            edge = invert(edge) if inverted else edge
-            mat = edge if mat is None else compose(mat, edge)
-        if mat is None:  # map_frame == camera_frame
-            return np.zeros(3), np.array([1.0, 0.0, 0.0, 0.0])
-        return matrix_to_pose(mat)
+        try:
+            return matrix_to_pose(compose_chain(self._chain, t_ns))
+        except ExtrapolationError:
+            return None
 
     def __iter__(self) -> Iterator[PoseSample]:
         """Yield one :class:`PoseSample` (in-memory RGB image) per image with a pose."""

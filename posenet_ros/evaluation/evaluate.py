@@ -236,9 +236,9 @@ def _open_test_samples(dataset, split, bag, image_topic, pose_topic, tf, max_gap
 
 def _count_bag_frames(bag, image_topic) -> int | None:
     try:
-        from rosbags.highlevel import AnyReader
+        from posenet_ros.datasets.bagio import bag_reader
 
-        with AnyReader([Path(bag)]) as reader:
+        with bag_reader(bag, typed=False) as (reader, _):
             topic = image_topic
             conns = [c for c in reader.connections if c.topic == topic]
             return sum(c.msgcount for c in conns) or None

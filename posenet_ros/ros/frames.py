@@ -13,6 +13,7 @@ import numpy as np
 
 from posenet_ros.core import geometry
 from posenet_ros.core.image_conversion import RawFrame, to_rgb
+from posenet_ros.core.ros_conversions import xyzw_pose_to_matrix  # re-exported for the node
 
 __all__ = ['FrameStager', 'map_to_odom', 'base_in_map', 'covariance_through_mount',
            'xyzw_pose_to_matrix']
@@ -63,12 +64,6 @@ class FrameStager:
         if order in ('rgba', 'bgra'):
             dev = dev[..., :3]  # drop alpha (a view)
         return dev.flip(-1) if order.startswith('bgr') else dev  # flip: a device-side copy
-
-
-def xyzw_pose_to_matrix(values) -> np.ndarray:
-    """4x4 transform of ``[x, y, z, qx, qy, qz, qw]`` (ROS order)."""
-    v = np.asarray(values, dtype=np.float64).reshape(7)
-    return geometry.pose_to_matrix(v[:3], geometry.xyzw_to_wxyz(v[3:]))
 
 
 def map_to_odom(t_map_cam: np.ndarray, t_odom_cam: np.ndarray) -> np.ndarray:

@@ -417,9 +417,7 @@ def _add_live_sections(report, rec: _Recorder, rate: float, session: _LiveSessio
 
 def _bag_topics(bag) -> set[str]:
     """Topic names of a rosbag2 folder or file."""
-    from rosbags.rosbag2 import Reader
+    from posenet_ros.datasets.bagio import bag_reader
 
-    from posenet_ros.datasets.bagio import resolve_bag
-
-    with Reader(resolve_bag(bag)) as reader:
+    with bag_reader(bag, typed=False) as (reader, _):
         return set(reader.topics)

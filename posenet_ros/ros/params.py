@@ -12,6 +12,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+# The one validation of a hand-written camera mount, shared with the bag readers.
+from posenet_ros.core.transforms import QUAT_TOLERANCE, extrinsic_problem
+
 __all__ = ['ParamSpec', 'PARAMS', 'SPECS', 'defaults', 'normalize', 'validate', 'descriptor',
            'extrinsic_problem', 'QUAT_TOLERANCE']
 
@@ -20,8 +23,6 @@ TRANSPORTS = ('raw', 'compressed')
 RELIABILITIES = ('best_effort', 'reliable')
 REFINE_MODES = ('off', 'request', 'continuous')
 DEVICES_HELP = "'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available, else cpu)"
-# |q| may differ from 1 by this much in camera_in_base (7 printed digits are fine; a typo is not).
-QUAT_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -191,26 +192,6 @@ def validate(name: str, value: Any) -> str | None:
             return f'{name} must not be empty'
     if name in ('image_topic', 'initial_pose_topic') and not value.strip():
         return f'{name} must not be empty'
-    return None
-
-
-def extrinsic_problem(value) -> str | None:
-    """Why ``value`` is not a rigid ``[x, y, z, qx, qy, qz, qw]`` (None: it is, or is unset).
-
-    An empty list is "unset". Anything else must be 7 finite numbers whose quaternion is unit
-    within :data:`QUAT_TOLERANCE` (a rotation; no scale, no shear).
-    """
-    vals = [float(v) for v in (value or ())]
-    if not vals:
-        return None
-    if len(vals) != 7 or not all(math.isfinite(v) for v in vals):
-        return ('camera_in_base must be empty (unset) or 7 finite numbers [x, y, z, qx, qy, qz, '
-                f'qw] (T_base_camera), got {list(value)!r}')
-    norm = math.sqrt(sum(v * v for v in vals[3:]))
-    if abs(norm - 1.0) > QUAT_TOLERANCE:
-        return ('camera_in_base is not a rigid transform: its quaternion (qx, qy, qz, qw) must be '
-                f'unit (|q| = 1 +- {QUAT_TOLERANCE}), its norm is {norm:.4f}; e.g. the optical '
-                'frame of a level forward-looking camera is [x, y, z, -0.5, 0.5, -0.5, 0.5]')
     return None
 
 

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from posenet_ros.core.errors import BagError, EvaluationError
-from posenet_ros.datasets.bagio import damage_error, iter_messages, resolve_bag
+from posenet_ros.core.ros_conversions import fill_stamp
+from posenet_ros.datasets.bagio import iter_messages, open_reader, topic_counts
 
-__all__ = ['BagPlayer', 'PlayStats', 'message_class', 'parse_remaps', 'main', 'bag_topics']
+__all__ = ['BagPlayer', 'PlayStats', 'message_class', 'parse_remaps', 'main']
 
 CLOCK_PERIOD = 0.01  # s between /clock messages while waiting for the next message
 
@@ -61,18 +62,6 @@ def parse_remaps(items: Sequence[str] | None) -> dict[str, str]:
             raise EvaluationError(f'--remap expects OLD:NEW, got {item!r}')
         out[old] = new
     return out
-
-
-def bag_topics(bag) -> dict[str, tuple[str, int]]:
-    """``{topic: (msgtype, message count)}`` of a bag."""
-    from rosbags.rosbag2 import Reader
-
-    with Reader(resolve_bag(bag)) as reader:
-        out: dict[str, tuple[str, int]] = {}
-        for c in reader.connections:
-            prev = out.get(c.topic, (c.msgtype, 0))
-            out[c.topic] = (c.msgtype, prev[1] + c.msgcount)
-        return out
 
 
 @dataclass
@@ -118,23 +107,18 @@ class BagPlayer:
                  qos_depth: int = 100,
                  on_publish: Callable[[str, str, bytes, float], None] | None = None):
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-        from rosbags.rosbag2 import Reader
 
         if rate < 0:
             raise EvaluationError(f'rate must be >= 0 (0 = as fast as possible), got {rate}')
         if qos_depth < 1:
             raise EvaluationError(f'qos_depth must be >= 1, got {qos_depth}')
         self.node = node
-        self.bag = resolve_bag(bag)
         self.rate = float(rate)
         self.remap = dict(remap or {})
         self.on_publish = on_publish
         self.stats = PlayStats()
-        self._reader = Reader(self.bag)
-        try:
-            self._reader.open()
-        except Exception as exc:  # noqa: BLE001 - rosbags raises several types for bad bags
-            raise damage_error(self.bag, exc, 'opening it') from None
+        # raw bytes of any message type: the untyped reader, with the damaged-bag checks
+        self._reader, self.bag = open_reader(bag, typed=False)
         conns = list(self._reader.connections)
         available = {c.topic: c.msgtype for c in conns}
         listing = ', '.join(f'{t} [{m}]' for t, m in sorted(available.items())) or 'none'
@@ -218,8 +202,7 @@ class BagPlayer:
             return
         from builtin_interfaces.msg import Time
 
-        msg = self._clock_cls(clock=Time(sec=bag_ns // 1_000_000_000,
-                                         nanosec=bag_ns % 1_000_000_000))
+        msg = self._clock_cls(clock=fill_stamp(Time(), bag_ns))
         self._clock_pub.publish(msg)
 
     def _sleep_until(self, target: float, bag_ns0: int, wall0: float) -> None:
@@ -333,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, ros_args = argv[:i], argv[i:]
     args = build_parser().parse_args(argv)
     if args.list:
-        for topic, (msgtype, count) in sorted(bag_topics(args.bag).items()):
+        for topic, (msgtype, count) in sorted(topic_counts(args.bag).items()):
             print(f'{topic}  [{msgtype}]  {count} messages')
         return 0
     rclpy.init(args=['posenet_replay', *ros_args])

@@ -200,6 +200,7 @@ def _collect_bag(src: Path, images_dir: Path, sub: _Subsampler, max_frames, show
                  image_topic=None, pose_topic=None, tf=None, use_reference=True,
                  camera_frame=None, pose_frame=None, camera_in_base=None) -> FrameSet:
     from posenet_ros.core.image_conversion import compressed_msg_to_rgb, image_msg_to_rgb
+    from posenet_ros.core.ros_conversions import stamp_to_ns
     from posenet_ros.datasets import bagio
 
     rd, bag = bagio.open_reader(src)
@@ -222,8 +223,7 @@ def _collect_bag(src: Path, images_dir: Path, sub: _Subsampler, max_frames, show
                 index += 1
                 bar.update(1)
                 msg = bagio.deserialize(rd, raw_msg, conn.msgtype, bag)
-                t_ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-                t_ns = t_ns or int(rec_ns)
+                t_ns = stamp_to_ns(msg.header.stamp) or int(rec_ns)  # 0: unstamped
                 try:
                     rgb = (image_msg_to_rgb(msg) if conn.msgtype == bagio.IMAGE_TYPES[0]
                            else compressed_msg_to_rgb(msg))

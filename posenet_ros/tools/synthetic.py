@@ -37,6 +37,7 @@ from posenet_ros.core.geometry import (
     pose_to_matrix,
     wxyz_to_xyzw,
 )
+from posenet_ros.core.ros_conversions import ns_to_stamp
 from posenet_ros.datasets.manifest import write_manifest
 from posenet_ros.datasets.types import PoseSample, intrinsics_matrix
 
@@ -495,12 +496,9 @@ class RosbagWriter:
 
     def _header(self, stamp: float, frame_id: str):
         T = self.ts.types
-        sec = math.floor(stamp)
-        nsec = int(round((stamp - sec) * 1e9))
-        if nsec >= 1_000_000_000:
-            sec, nsec = sec + 1, nsec - 1_000_000_000
+        sec, nanosec = ns_to_stamp(round(stamp * 1e9))
         return T['std_msgs/msg/Header'](
-            stamp=T['builtin_interfaces/msg/Time'](sec=int(sec), nanosec=nsec), frame_id=frame_id)
+            stamp=T['builtin_interfaces/msg/Time'](sec=sec, nanosec=nanosec), frame_id=frame_id)
 
     def write(self, topic: str, msgtype: str, msg, stamp: float) -> None:
         """Serialise ``msg`` and write it with record time ``stamp`` (s)."""
