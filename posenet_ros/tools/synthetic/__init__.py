@@ -1,7 +1,7 @@
 """A procedurally textured 3D courtyard rendered from known poses (dataset folder + rosbag2).
 
 - :mod:`.scene`: the courtyard (ground, walls, crates, wall markers) and its texture atlas;
-- :mod:`.render`: ray casting of the scene from a camera pose;
+- :mod:`.raycast`: ray casting of the scene from a camera pose;
 - :mod:`.rig`: the camera, its mount on the robot, the odometry's drift and the train/test laps;
 - :mod:`.rosbag_writer`: camera, pose and TF messages into a rosbag2 (``rosbags``);
 - :mod:`.writers`: the manifest dataset folder and the bag of a trajectory;
@@ -12,7 +12,7 @@ The names below are the Python interface (tests, tools and benchmarks import the
 """
 
 from posenet_ros.tools.synthetic.cli import main
-from posenet_ros.tools.synthetic.render import render
+from posenet_ros.tools.synthetic.raycast import render
 from posenet_ros.tools.synthetic.rig import (
     T_BASE_CAM,
     T_BASE_CAMLINK,

@@ -12,7 +12,7 @@ from posenet_ros.core.errors import ConfigError
 from posenet_ros.core.geometry import compose, invert, matrix_to_pose, pose_to_matrix
 from posenet_ros.datasets.manifest import write_manifest
 from posenet_ros.datasets.types import PoseSample
-from posenet_ros.tools.synthetic.render import render
+from posenet_ros.tools.synthetic.raycast import render
 from posenet_ros.tools.synthetic.rig import (
     T_BASE_CAM,
     T_BASE_CAMLINK,
