@@ -126,58 +126,46 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def format_table(report: dict) -> str:
-    """One table of the headline numbers."""
-    m = report['machine']
-    lines = [f'posenet_ros benchmark - {m["cpu"]}, {m["cores"]} cores, torch {m["torch"]}, '
-             f'cuda={m["cuda"]}, {m["date"]}', '',
-             '| what | value |', '| --- | --- |']
-    inf = report['inference']
-    for row in inf['results']:
-        cells = []
-        for v in ('eager', 'torchscript', 'pt2'):
-            if v in row:
-                cells.append(f'{v} {row[v]["median_ms"]:.1f}/{row[v]["p95_ms"]:.1f}')
-        lines.append(f'| inference {row["backbone"]} {inf["info"]["size"]}px, p50/p95 ms | '
-                     f'{", ".join(cells)} |')
-    node = report['node']
-    for name in ('node', 'node_int8', 'naive'):
-        r = node.get(name, {})
-        if 'p50_ms' in r:
-            lines.append(f'| {name} 640x480@30Hz: p50/p99 ms, answered, lag slope | '
-                         f'{r["p50_ms"]}/{r["p99_ms"]}, {r["answered_fraction"]:.0%}, '
-                         f'{r["lag_slope_ms_per_s"]} ms/s |')
+def _latency_rows(runs: dict, names, label, extra=lambda r: '') -> list[str]:
+    """A p50/p99 table row per run in ``names`` that has a latency (``label(name)``)."""
+    return [f'| {label(name)} | {runs[name]["p50_ms"]}/{runs[name]["p99_ms"]}{extra(runs[name])} |'
+            for name in names if 'p50_ms' in runs.get(name, {})]
+
+
+def _node_rows(node: dict) -> list[str]:
+    """The real node against the naive one, and the model alone, on the same frames."""
+    lines = _latency_rows(
+        node, ('node', 'node_int8', 'naive'),
+        lambda name: f'{name} 640x480@30Hz: p50/p99 ms, answered, lag slope',
+        lambda r: f', {r["answered_fraction"]:.0%}, {r["lag_slope_ms_per_s"]} ms/s')
     for name, suffix in (('node', ''), ('node_int8', '_int8')):
         if f'ratio_p50{suffix}' in node:
             lines.append(f'| naive / {name} latency (same run) | '
                          f'p50 x{node[f"ratio_p50{suffix}"]}, p99 x{node[f"ratio_p99{suffix}"]} |')
-    for key, what in (('model_only', 'fp32'), ('model_only_int8', 'int8')):
-        if key in node:
-            lines.append(f'| model alone {what} (same frames) p50/p99 ms | '
-                         f'{node[key]["p50_ms"]}/{node[key]["p99_ms"]} |')
-    tr = report['training']
-    t, d = tr['train_images_per_s'], tr['data_images_per_s']
-    lines.append(f'| training img/s (cache / decode) | {t["cache"]} / {t["decode"]} '
-                 f'(x{t["ratio"]}) |')
-    lines.append(f'| data loading img/s (cache / decode) | {d["cache"]} / {d["decode"]} '
-                 f'(x{d["ratio"]}) |')
-    ref = report['refine']
-    lines.append('| refinement 640x480 p50/p95 ms (features, matching, pnp, total) | '
-                 + ', '.join(f'{v["p50"]}/{v["p95"]}' for v in ref['refine_640x480_ms'].values())
-                 + f' ({ref["refine_640x480_quality"]["verified_fraction"]:.0%} verified) |')
+    what = {'model_only': 'fp32', 'model_only_int8': 'int8'}
+    return lines + _latency_rows(node, what, lambda key: f'model alone {what[key]} (same frames) '
+                                 'p50/p99 ms')
+
+
+def _refine_rows(ref: dict) -> list[str]:
+    """Refinement by stage and the scene maps' build, size and load."""
+    lines = ['| refinement 640x480 p50/p95 ms (features, matching, pnp, total) | '
+             + ', '.join(f'{v["p50"]}/{v["p95"]}' for v in ref['refine_640x480_ms'].values())
+             + f' ({ref["refine_640x480_quality"]["verified_fraction"]:.0%} verified) |']
     for key, what in (('demo_map', 'demo scene'), ('large_map', '1,000 frames')):
         if key in ref:
             m = ref[key]
             lines.append(f'| map of the {what} ({m["frames"]} frames): build, size, load | '
                          f'{m["build_s"]} s, {m["size_mb"]} MB, {m["load_s"]} s |')
-    nr = report['node_refine']
-    for name in ('refine_off', 'refine_request', 'refine_continuous'):
-        r = nr.get(name, {})
-        if 'p50_ms' in r:
-            lines.append(f'| node coarse ~/pose, {name.replace("_", ": ")}, p50/p99 ms | '
-                         f'{r["p50_ms"]}/{r["p99_ms"]}'
-                         + (f', {r["verified_per_s"]} verified/s' if 'verified_per_s' in r
-                            else '') + ' |')
+    return lines
+
+
+def _node_refine_rows(nr: dict) -> list[str]:
+    """The node's coarse latency by refine mode, its map load and ~/relocalize answers."""
+    lines = _latency_rows(
+        nr, ('refine_off', 'refine_request', 'refine_continuous'),
+        lambda name: f'node coarse ~/pose, {name.replace("_", ": ")}, p50/p99 ms',
+        lambda r: f', {r["verified_per_s"]} verified/s' if 'verified_per_s' in r else '')
     if 'node_load_s' in nr.get('map', {}):
         lines.append(f'| node start-up: scene map loaded in | {nr["map"]["node_load_s"]} s '
                      f'({nr["map"]["mb"]} MB) |')
@@ -186,6 +174,30 @@ def format_table(report: dict) -> str:
         lines.append(f'| ~/relocalize: verified answers, frame -> answer p50/max ms | '
                      f'{rel["verified_answers"]}/{rel["calls"]}, '
                      f'{rel["frame_to_answer_ms_p50"]}/{rel["frame_to_answer_ms_max"]} |')
+    return lines
+
+
+def format_table(report: dict) -> str:
+    """One table of the headline numbers."""
+    m = report['machine']
+    lines = [f'posenet_ros benchmark - {m["cpu"]}, {m["cores"]} cores, torch {m["torch"]}, '
+             f'cuda={m["cuda"]}, {m["date"]}', '',
+             '| what | value |', '| --- | --- |']
+    inf = report['inference']
+    for row in inf['results']:
+        cells = [f'{v} {row[v]["median_ms"]:.1f}/{row[v]["p95_ms"]:.1f}'
+                 for v in ('eager', 'torchscript', 'pt2') if v in row]
+        lines.append(f'| inference {row["backbone"]} {inf["info"]["size"]}px, p50/p95 ms | '
+                     f'{", ".join(cells)} |')
+    lines += _node_rows(report['node'])
+    tr = report['training']
+    t, d = tr['train_images_per_s'], tr['data_images_per_s']
+    lines.append(f'| training img/s (cache / decode) | {t["cache"]} / {t["decode"]} '
+                 f'(x{t["ratio"]}) |')
+    lines.append(f'| data loading img/s (cache / decode) | {d["cache"]} / {d["decode"]} '
+                 f'(x{d["ratio"]}) |')
+    lines += _refine_rows(report['refine'])
+    lines += _node_refine_rows(report['node_refine'])
     for key in ('inference', 'node', 'training', 'refine', 'node_refine'):
         p = report[key]['process']
         lines.append(f'| peak RSS of the {key} process | {p["peak_rss_mb"]} MB '

@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,34 @@ def _env(domain: int, log_dir: str, shm: bool) -> dict:
     return env
 
 
+def ros_environment(tmp: Path, shm: bool) -> tuple[int, dict]:
+    """A random DDS domain on localhost; the children's environment, also applied to this one.
+
+    This process publishes the frames, so it needs the same discovery range, log folder and
+    (with ``shm``) Fast DDS profile as the nodes it measures.
+    """
+    domain = random.randint(1, 101)
+    env = _env(domain, str(tmp / 'log'), shm)
+    os.environ.update({k: env[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOG_DIR')})
+    if shm:
+        os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = env['FASTDDS_DEFAULT_PROFILES_FILE']
+    return domain, env
+
+
+def node_cmd(model, device: str, threads: int, **params) -> list[str]:
+    """Command line of the real node on the bench topic, in the /bench namespace.
+
+    ``params``: further node parameters (``name=value`` becomes ``-p name:=value``).
+    """
+    cmd = [sys.executable, '-m', 'posenet_ros.ros.relocalize_node', '--ros-args',
+           '--params-file', str(ROOT / 'config' / 'relocalize.yaml'),
+           '-p', f'model_path:={model}', '-p', f'device:={device}',
+           '-p', f'num_threads:={threads}', '-p', f'image_topic:={TOPIC}']
+    for name, value in params.items():
+        cmd += ['-p', f'{name}:={value}']
+    return cmd + ['-r', '__ns:=/bench']
+
+
 def _export_model(out_dir: Path, backbone: str, crop: int) -> Path:
     import torch
 
@@ -71,6 +100,13 @@ def _frames(width: int, height: int, n: int = 6) -> list[np.ndarray]:
     scene = make_scene(seed=0)
     K = camera_matrix(width, height, width * 0.85)
     return [render(scene, p, q, K, width, height) for p, q in trajectory('test', n=n)]
+
+
+def stamp_now(msg) -> tuple[float, int]:
+    """Stamp ``msg`` with the wall clock; the time (s) and the stamp (ns) as the answer's key."""
+    t = time.time()
+    fill_stamp(msg.header.stamp, round(t * 1e9))
+    return t, stamp_to_ns(msg.header.stamp)
 
 
 class Bench:
@@ -97,7 +133,7 @@ class Bench:
             m.header.frame_id = 'camera_optical'
             m.data = array.array('B', rgb.tobytes())  # ~1 ms instead of ~46 ms for a list copy
             self.msgs.append(m)
-        self.received: dict[int, float] = {}  # header stamp (ns) -> receipt time
+        self.received: dict[tuple[int, int], float] = {}
         self._subs = []
         self._qos = qos
         self._pose_type = PoseStamped
@@ -132,7 +168,7 @@ class Bench:
             time.sleep(0.05)
         return False
 
-    def run(self, rate: float, duration: float) -> list[tuple[float, int]]:
+    def run(self, rate: float, duration: float) -> list[tuple[float, tuple[int, int]]]:
         """Publish at ``rate`` Hz for ``duration`` s; returns (send time, stamp key) per frame."""
         sent = []
         period = 1.0 / rate
@@ -144,14 +180,23 @@ class Bench:
             if now < t_next:
                 time.sleep(t_next - now)
             msg = self.msgs[i % len(self.msgs)]
-            t = time.time()
-            fill_stamp(msg.header.stamp, round(t * 1e9))
+            t, key = stamp_now(msg)
             self.pub.publish(msg)
-            sent.append((t, stamp_to_ns(msg.header.stamp)))
+            sent.append((t, key))
             i += 1
             t_next += period
         time.sleep(1.5)  # let the last answers (or a queue) drain
         return sent
+
+    def measure(self, name: str, topic: str, rate: float, duration: float,
+                warmup: float) -> dict:
+        """Stream frames at ``rate`` Hz for ``duration`` s to a started node; its summary."""
+        self.listen(topic)
+        if not self.wait_matched():
+            raise SystemExit(f'{name}: topics did not match')
+        time.sleep(0.5)
+        sent = self.run(rate, duration)
+        return summarize(sent, dict(self.received), warmup)
 
     def close(self):
         """Stop spinning and shut the context down."""
@@ -232,7 +277,18 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def main(argv=None) -> int:
+@contextmanager
+def running(name: str, cmd: list[str], env: dict, log: Path, ready: str):
+    """A node process, started until it logs ``ready`` and stopped (SIGINT) on exit."""
+    print(f'--- {name}: starting', flush=True)
+    proc = _start(cmd, env, log, ready)
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+
+
+def _parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--model', help='exported .ts (default: export a random-init backbone)')
     ap.add_argument('--backbone', default='mobilenet_v3_small')
@@ -258,66 +314,44 @@ def main(argv=None) -> int:
         resolve_device(args.device)  # fail before exporting anything
     except DeviceUnavailableError as exc:
         raise SystemExit(f'--device: {exc}') from exc
+    return args
 
-    tmp = Path(tempfile.mkdtemp(prefix='posenet_bench_'))
-    domain = random.randint(1, 101)
-    env = _env(domain, str(tmp / 'log'), not args.no_shm)
-    os.environ.update({k: env[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOG_DIR')})
-    if not args.no_shm:
-        os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = env['FASTDDS_DEFAULT_PROFILES_FILE']
-    model = Path(args.model) if args.model else _export_model(tmp, args.backbone, args.crop)
-    print(f'model {model}; rendering {args.width}x{args.height} frames...', flush=True)
-    frames = _frames(args.width, args.height)
-    results = {'config': {k: v for k, v in vars(args).items() if k != 'json'}}
+
+def _models_alone(args, model: Path, frames, tmp: Path, results: dict) -> Path | None:
+    """Time the fp32 model (and its int8 export, written here on the CPU) in this process.
+
+    Returns the int8 export, or None when it is skipped.
+    """
     results['model_only'] = model_only(model, frames, args.threads, device=args.device)
     print(f'model only (predict in this process): {json.dumps(results["model_only"])}',
           flush=True)
-    int8 = None
-    if not args.no_int8 and args.device == 'cpu':
-        from posenet_ros.model.quantize import quantize_export
-        int8 = quantize_export(model, frames, tmp / f'{model.stem}.int8.ts').path
-        results['model_only_int8'] = model_only(int8, frames, args.threads)
-        print(f'int8 model only: {json.dumps(results["model_only_int8"])}', flush=True)
-    bench = Bench(domain, frames)
-    results['config'].update(model=str(model), cpu_count=os.cpu_count(),
-                             loadavg_start=os.getloadavg())
+    if args.no_int8 or args.device != 'cpu':
+        return None
+    from posenet_ros.model.quantize import quantize_export
+    int8 = quantize_export(model, frames, tmp / f'{model.stem}.int8.ts').path
+    results['model_only_int8'] = model_only(int8, frames, args.threads)
+    print(f'int8 model only: {json.dumps(results["model_only_int8"])}', flush=True)
+    return int8
 
-    def node_cmd(path, dev=args.device):
-        return [sys.executable, '-m', 'posenet_ros.ros.relocalize_node', '--ros-args',
-                '--params-file', str(ROOT / 'config' / 'relocalize.yaml'),
-                '-p', f'model_path:={path}', '-p', f'device:={dev}',
-                '-p', f'num_threads:={args.threads}', '-p', f'image_topic:={TOPIC}',
-                '-p', 'refine:=off', '-r', '__ns:=/bench']
 
+def _runs(args, model: Path, int8: Path | None) -> list[tuple[str, list[str], str, str]]:
+    """(name, command, ready line, pose topic) of each node to measure, in order."""
     topic = '/bench/posenet_relocalizer/pose'
-    runs = [('node', node_cmd(model), 'ready: model', topic)]
+    runs = [('node', node_cmd(model, args.device, args.threads, refine='off'), 'ready: model',
+             topic)]
     if int8 is not None:
-        runs.append(('node_int8', node_cmd(int8, 'cpu'), 'ready: model', topic))
+        runs.append(('node_int8', node_cmd(int8, 'cpu', args.threads, refine='off'),
+                     'ready: model', topic))
     if not args.skip_naive:
         runs.append(('naive', [sys.executable, str(ROOT / 'scripts' / 'naive_node.py'),
                                str(model), str(args.threads), args.device, '--ros-args',
                                '-r', f'/camera/image_raw:={TOPIC}', '-r', '__ns:=/bench'],
                      'ready: naive', '/bench/naive_posenet/pose'))
-    load = _start_load(args.load)
-    try:
-        for name, cmd, ready, topic in runs:
-            print(f'--- {name}: starting', flush=True)
-            proc = _start(cmd, env, tmp / f'{name}.log', ready)
-            try:
-                bench.listen(topic)
-                if not bench.wait_matched():
-                    raise SystemExit(f'{name}: topics did not match')
-                time.sleep(0.5)
-                sent = bench.run(args.rate, args.duration)
-                results[name] = summarize(sent, dict(bench.received), args.warmup)
-            finally:
-                _stop(proc)
-            print(f'{name}: {json.dumps(results[name])}', flush=True)
-    finally:
-        for proc in load:
-            proc.kill()
-        bench.close()
-    results['config']['loadavg_end'] = os.getloadavg()
+    return runs
+
+
+def _add_ratios(results: dict) -> None:
+    """The latency ratios naive / node (p50, p99) of each node measured beside the naive one."""
     for name, suffix in (('node', ''), ('node_int8', '_int8')):
         if 'p50_ms' in results.get('naive', {}) and 'p50_ms' in results.get(name, {}):
             for q in ('p50', 'p99'):
@@ -325,6 +359,33 @@ def main(argv=None) -> int:
                     results['naive'][f'{q}_ms'] / results[name][f'{q}_ms'], 2)
             print(f'naive / {name} latency: p50 x{results[f"ratio_p50{suffix}"]}, '
                   f'p99 x{results[f"ratio_p99{suffix}"]}')
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix='posenet_bench_'))
+    domain, env = ros_environment(tmp, shm=not args.no_shm)
+    model = Path(args.model) if args.model else _export_model(tmp, args.backbone, args.crop)
+    print(f'model {model}; rendering {args.width}x{args.height} frames...', flush=True)
+    frames = _frames(args.width, args.height)
+    results = {'config': {k: v for k, v in vars(args).items() if k != 'json'}}
+    int8 = _models_alone(args, model, frames, tmp, results)
+    bench = Bench(domain, frames)
+    results['config'].update(model=str(model), cpu_count=os.cpu_count(),
+                             loadavg_start=os.getloadavg())
+    load = _start_load(args.load)
+    try:
+        for name, cmd, ready, topic in _runs(args, model, int8):
+            with running(name, cmd, env, tmp / f'{name}.log', ready):
+                results[name] = bench.measure(name, topic, args.rate, args.duration,
+                                              args.warmup)
+            print(f'{name}: {json.dumps(results[name])}', flush=True)
+    finally:
+        for proc in load:
+            proc.kill()
+        bench.close()
+    results['config']['loadavg_end'] = os.getloadavg()
+    _add_ratios(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
 import re
 import shutil
 import sys
@@ -37,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from posenet_ros.core.ros_conversions import camera_info_topic, fill_stamp, stamp_to_ns
+from posenet_ros.core.ros_conversions import camera_info_topic, stamp_to_ns
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'scripts'))
@@ -104,6 +102,11 @@ class RefineBench(bnl.Bench):
             lambda _: setattr(self, 'verified', self.verified + 1),
             QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
 
+    def run(self, rate: float, duration: float):
+        """The latency run, counting the verified poses published during it."""
+        self.verified = 0
+        return super().run(rate, duration)
+
     def calls(self, n: int, rate: float, truth, timeout: float = 5.0) -> list[dict]:
         """``n`` ~/relocalize calls, each while streaming frames at ``rate`` Hz."""
         from posenet_ros.core import geometry
@@ -119,12 +122,11 @@ class RefineBench(bnl.Bench):
             i = c * 7  # start each call on another frame of the loop
             while not future.done() and time.time() - t_call < timeout:
                 msg = self.msgs[i % len(self.msgs)]
-                t = time.time()
-                fill_stamp(msg.header.stamp, round(t * 1e9))
+                t, key = bnl.stamp_now(msg)
                 self.info.header.stamp = msg.header.stamp
                 self.info_pub.publish(self.info)
                 self.pub.publish(msg)
-                sent[stamp_to_ns(msg.header.stamp)] = (t, i % len(self.msgs))
+                sent[key] = (t, i % len(self.msgs))
                 i += 1
                 time.sleep(period)
             t_done = time.time()
@@ -156,7 +158,7 @@ def _pct(vals, q):
     return round(float(np.percentile(vals, q)), 1) if vals else None
 
 
-def main(argv=None) -> int:
+def _parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--width', type=int, default=640)
     ap.add_argument('--height', type=int, default=480)
@@ -169,78 +171,76 @@ def main(argv=None) -> int:
     ap.add_argument('--calls', type=int, default=10, help='~/relocalize calls')
     ap.add_argument('--no-shm', action='store_true', help='default Fast DDS transports')
     ap.add_argument('--json', help='write the results here')
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def _build_map(model: Path, dataset: Path) -> dict:
+    """Build the scene map beside ``model`` (where the node finds it); time, size and points."""
     from posenet_ros.verify import load_map
     from posenet_ros.verify.build import build_map
 
+    t0 = time.monotonic()
+    map_path, _ = build_map(model, dataset=dataset, progress=False)
+    return {'build_s': round(time.monotonic() - t0, 1),
+            'mb': round(map_path.stat().st_size / 1e6, 1),
+            'points': int(len(load_map(map_path).points))}
+
+
+def _relocalize(bench: RefineBench, calls: int, rate: float, truth) -> dict:
+    """~/relocalize calls while frames stream: answer times and errors, with every call's row."""
+    rows = bench.calls(calls, rate, truth)
+    ok = [r for r in rows if r.get('success')]
+    frame_ms = [r['frame_to_answer_ms'] for r in ok]
+    summary = {
+        'calls': len(rows), 'verified_answers': len(ok),
+        'frame_to_answer_ms_p50': _pct(frame_ms, 50),
+        'frame_to_answer_ms_max': _pct(frame_ms, 100),
+        'call_to_answer_ms_p50': _pct([r['call_to_answer_ms'] for r in ok], 50),
+        'error_m_max': max((r['error_m'] for r in ok), default=None)}
+    print(f'relocalize: {json.dumps(summary)}', flush=True)
+    return {**summary, 'rows': rows}
+
+
+def _node_map_load_s(log: str) -> float | None:
+    """The node's own start-up time for the map (file, matcher, features), from its log."""
+    loaded = re.search(r'loaded scene map .* in ([0-9.]+) s', log)
+    return float(loaded.group(1)) if loaded else None
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix='posenet_bench_refine_'))
-    domain = random.randint(1, 101)
-    env = bnl._env(domain, str(tmp / 'log'), not args.no_shm)
-    os.environ.update({k: env[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOG_DIR')})
-    if not args.no_shm:
-        os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = env['FASTDDS_DEFAULT_PROFILES_FILE']
+    domain, env = bnl.ros_environment(tmp, shm=not args.no_shm)
     print(f'rendering {args.map_frames} map frames and 24 test frames at '
           f'{args.width}x{args.height}...', flush=True)
     ds, K, frames, truth = _scene(tmp, args.width, args.height, args.map_frames, 24)
     model = _export(tmp, args.crop)
-    t0 = time.monotonic()
-    map_path, _ = build_map(model, dataset=ds, progress=False)
     results = {'config': {k: v for k, v in vars(args).items() if k != 'json'},
-               'map': {'build_s': round(time.monotonic() - t0, 1),
-                       'mb': round(map_path.stat().st_size / 1e6, 1),
-                       'points': int(len(load_map(map_path).points))}}
+               'map': _build_map(model, ds)}
     print(f'map: {json.dumps(results["map"])}', flush=True)
     bench = RefineBench(domain, frames, K)
-
-    def node_cmd(refine):
-        return [sys.executable, '-m', 'posenet_ros.ros.relocalize_node', '--ros-args',
-                '--params-file', str(ROOT / 'config' / 'relocalize.yaml'),
-                '-p', f'model_path:={model}', '-p', 'device:=cpu',
-                '-p', f'num_threads:={args.threads}', '-p', f'image_topic:={TOPIC}',
-                '-p', f'refine:={refine}', '-p', 'relocalize_timeout:=5.0',
-                # the synthetic scene's mount: ~/relocalize sends a base-frame hint, which
-                # needs the extrinsic (the bench feeds no TF)
-                '-p', f'camera_in_base:={CAMERA_IN_BASE}',
-                '-p', 'tf_mode:=none', '-r', '__ns:=/bench']
-
-    topic = '/bench/posenet_relocalizer/pose'
     try:
         for name, refine in (('refine_off', 'off'), ('refine_request', 'request'),
                              ('refine_continuous', 'continuous')):
-            print(f'--- {name}: starting', flush=True)
-            proc = bnl._start(node_cmd(refine), env, tmp / f'{name}.log', 'ready: model')
-            try:
-                bench.listen(topic)
-                if not bench.wait_matched():
-                    raise SystemExit(f'{name}: topics did not match')
-                time.sleep(0.5)
-                bench.verified = 0
-                sent = bench.run(args.rate, args.duration)
-                results[name] = bnl.summarize(sent, dict(bench.received), args.warmup)
+            # The synthetic scene's mount: ~/relocalize sends a base-frame hint, which needs the
+            # extrinsic (the bench feeds no TF).
+            cmd = bnl.node_cmd(model, 'cpu', args.threads, refine=refine,
+                               relocalize_timeout='5.0', camera_in_base=CAMERA_IN_BASE,
+                               tf_mode='none')
+            with bnl.running(name, cmd, env, tmp / f'{name}.log', 'ready: model'):
+                results[name] = bench.measure(name, '/bench/posenet_relocalizer/pose', args.rate,
+                                              args.duration, args.warmup)
                 if refine == 'continuous':
                     results[name]['verified_poses'] = bench.verified
                     results[name]['verified_per_s'] = round(bench.verified / args.duration, 1)
                 print(f'{name}: {json.dumps(results[name])}', flush=True)
                 if name == 'refine_request':
-                    rows = bench.calls(args.calls, args.rate, truth)
-                    ok = [r for r in rows if r.get('success')]
-                    frame_ms = [r['frame_to_answer_ms'] for r in ok]
-                    summary = {
-                        'calls': len(rows), 'verified_answers': len(ok),
-                        'frame_to_answer_ms_p50': _pct(frame_ms, 50),
-                        'frame_to_answer_ms_max': _pct(frame_ms, 100),
-                        'call_to_answer_ms_p50': _pct([r['call_to_answer_ms'] for r in ok], 50),
-                        'error_m_max': max((r['error_m'] for r in ok), default=None)}
-                    results['relocalize'] = {**summary, 'rows': rows}
-                    print(f'relocalize: {json.dumps(summary)}', flush=True)
-            finally:
-                bnl._stop(proc)
+                    results['relocalize'] = _relocalize(bench, args.calls, args.rate, truth)
             log = (tmp / f'{name}.log').read_text(errors='replace')
             results[name]['log_tail'] = log.splitlines()[-3:]
-            loaded = re.search(r'loaded scene map .* in ([0-9.]+) s', log)
-            if loaded:  # the node's own start-up time for the map (file, matcher, features)
-                results['map']['node_load_s'] = float(loaded.group(1))
+            load_s = _node_map_load_s(log)
+            if load_s is not None:
+                results['map']['node_load_s'] = load_s
     finally:
         bench.close()
     off, req = results['refine_off'], results['refine_request']

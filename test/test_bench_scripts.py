@@ -75,17 +75,21 @@ def test_naive_node_runs_the_exported_weights(tmp_path, backbone, one_torch_thre
         ctx.try_shutdown()
 
 
-def test_node_latency_benchmark_runs_end_to_end(tmp_path):
-    """Real node (fp32 and int8) and naive node in their own processes, 3 s each at 30 Hz."""
+def _run_bench(tmp_path, script: str, *args: str) -> tuple[dict, str]:
+    """Run ``scripts/<script>`` at 320x240, 3 s per run; its JSON results and its output."""
     out = tmp_path / 'bench.json'
-    cmd = [sys.executable, str(ROOT / 'scripts' / 'bench_node_latency.py'), '--crop', '64',
-           '--width', '320', '--height', '240', '--duration', '3', '--warmup', '0.5',
-           '--json', str(out)]
+    cmd = [sys.executable, str(ROOT / 'scripts' / script), '--width', '320', '--height', '240',
+           '--crop', '64', '--duration', '3', '--warmup', '0.5', *args, '--json', str(out)]
     env = ros_env(0, tmp_path / 'log')  # the script picks its own domain id
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
                           cwd=str(ROOT))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_node_latency_benchmark_runs_end_to_end(tmp_path):
+    """Real node (fp32 and int8) and naive node in their own processes, 3 s each at 30 Hz."""
+    res, stdout = _run_bench(tmp_path, 'bench_node_latency.py')
     for name in ('node', 'node_int8', 'naive'):
         r = res[name]
         # The node keeps only the newest frame (it may skip some on a busy machine); the naive
@@ -95,20 +99,12 @@ def test_node_latency_benchmark_runs_end_to_end(tmp_path):
     for key in ('ratio_p50', 'ratio_p99', 'ratio_p50_int8', 'ratio_p99_int8'):
         assert np.isfinite(res[key]) and res[key] > 0, (key, res[key])
     assert res['model_only']['p50_ms'] > 0 and res['model_only_int8']['p50_ms'] > 0
-    assert 'naive / node latency' in proc.stdout
+    assert 'naive / node latency' in stdout
 
 
 def test_node_refine_benchmark_runs_end_to_end(tmp_path):
     """The node with refine off / request / continuous and ~/relocalize calls, small sizes."""
-    out = tmp_path / 'bench_refine.json'
-    cmd = [sys.executable, str(ROOT / 'scripts' / 'bench_node_refine.py'), '--width', '320',
-           '--height', '240', '--crop', '64', '--map-frames', '40', '--duration', '3',
-           '--warmup', '0.5', '--calls', '2', '--json', str(out)]
-    env = ros_env(0, tmp_path / 'log')  # the script picks its own domain id
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
-                          cwd=str(ROOT))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    res, _ = _run_bench(tmp_path, 'bench_node_refine.py', '--map-frames', '40', '--calls', '2')
     for name in ('refine_off', 'refine_request', 'refine_continuous'):
         r = res[name]
         assert r['answered'] >= 0.5 * r['sent'] > 0, (name, r)

@@ -292,6 +292,96 @@ def _advice(frames: FrameSet, matcher: str) -> str:
     return 'What to try: ' + '; '.join(tips) + '.'
 
 
+def _extract_features(db: Path, frames: FrameSet, K, num_threads: int,
+                      max_image_size: int) -> str:
+    """SfM 1/3: SIFT features of every frame into ``db`` (CPU); returns the camera model."""
+    import pycolmap
+
+    reader = pycolmap.ImageReaderOptions()
+    if K is not None:  # known calibration: fixed pinhole (COLMAP pixel centres at +0.5)
+        reader.camera_model = 'PINHOLE'
+        reader.camera_params = ','.join(str(float(v)) for v in (
+            K[0, 0], K[1, 1], K[0, 2] + COLMAP_PIXEL_OFFSET, K[1, 2] + COLMAP_PIXEL_OFFSET))
+    else:
+        reader.camera_model = 'SIMPLE_RADIAL'
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.num_threads = num_threads
+    extraction.use_gpu = False
+    extraction.max_image_size = max_image_size
+    # One camera for a video or a bag, or whenever the calibration is given.
+    mode = pycolmap.CameraMode.SINGLE if frames.kind != 'folder' or K is not None \
+        else pycolmap.CameraMode.AUTO
+    log.info('SfM 1/3: SIFT features of %d frames (CPU)', len(frames.names))
+    pycolmap.extract_features(db, frames.images_dir, image_names=frames.names, camera_mode=mode,
+                              reader_options=reader, extraction_options=extraction,
+                              device=pycolmap.Device.cpu)
+    return reader.camera_model
+
+
+def _match(db: Path, matcher: str, num_threads: int) -> None:
+    """SfM 2/3: match all pairs ('exhaustive') or each frame with its neighbours in order."""
+    import pycolmap
+
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = num_threads
+    matching.use_gpu = False
+    log.info('SfM 2/3: %s matching', matcher)
+    if matcher == 'exhaustive':
+        pycolmap.match_exhaustive(db, matching_options=matching, device=pycolmap.Device.cpu)
+    else:
+        pairing = pycolmap.SequentialPairingOptions()
+        pairing.overlap = 10
+        pairing.quadratic_overlap = True
+        pairing.loop_detection = False  # needs a vocabulary tree file, which we do not ship
+        pycolmap.match_sequential(db, matching_options=matching, pairing_options=pairing,
+                                  device=pycolmap.Device.cpu)
+
+
+def _map(db: Path, frames: FrameSet, sparse_dir: Path, calibrated: bool, num_threads: int,
+         seed: int, progress: bool) -> dict:
+    """SfM 3/3: COLMAP's incremental mapper; returns its reconstructions by index."""
+    import pycolmap
+
+    opts = pycolmap.IncrementalPipelineOptions()
+    opts.num_threads = num_threads
+    opts.random_seed = seed
+    if calibrated:  # a given calibration stays fixed through bundle adjustment
+        opts.ba_refine_focal_length = False
+        opts.ba_refine_principal_point = False
+        opts.ba_refine_extra_params = False
+    log.info('SfM 3/3: incremental mapping')
+    bar = _progress(len(frames.names), 'registered', progress)
+    recs = pycolmap.incremental_mapping(db, frames.images_dir, sparse_dir, opts,
+                                        next_image_callback=lambda: bar.update(1))
+    bar.close()
+    return recs
+
+
+def _largest_model(recs: dict, frames: FrameSet, matcher: str, work_dir: Path,
+                   stats: dict) -> SfmModel:
+    """The reconstruction with the most registered frames, written as text into work_dir/model.
+
+    Adds ``model_sizes`` and ``mean_reprojection_error_px`` to ``stats``.
+    """
+    if not recs:
+        raise SfMReconstructionError(
+            f'SfM could not reconstruct anything from {len(frames.names)} frames (no initial '
+            f'image pair with enough matches). {_advice(frames, matcher)}')
+    sizes = sorted((r.num_reg_images() for r in recs.values()), reverse=True)
+    best = max(recs.values(), key=lambda r: r.num_reg_images())
+    stats['model_sizes'] = sizes
+    if len(sizes) > 1:
+        log.warning('SfM split the scene into %d models (%s registered frames); keeping the '
+                    'largest. %s', len(sizes), ', '.join(map(str, sizes)),
+                    _advice(frames, matcher))
+    text_dir = work_dir / 'model'
+    text_dir.mkdir()
+    best.write_text(str(text_dir))
+    model = model_from_reconstruction(best, str(text_dir), 'colmap-text')
+    stats['mean_reprojection_error_px'] = float(best.compute_mean_reprojection_error())
+    return model
+
+
 def run_sfm(frames: FrameSet, work_dir, matcher: str = 'auto', intrinsics=None,
             num_threads: int = 2, max_image_size: int = 1600, seed: int = 0,
             progress: bool = True, verbose: bool = False) -> tuple[SfmModel, dict]:
@@ -313,73 +403,18 @@ def run_sfm(frames: FrameSet, work_dir, matcher: str = 'auto', intrinsics=None,
         matcher = ('exhaustive' if frames.kind == 'folder' and len(frames.names) <= EXHAUSTIVE_MAX
                    else 'sequential')
     K = intrinsics if intrinsics is not None else frames.K
-    reader = pycolmap.ImageReaderOptions()
-    if K is not None:  # known calibration: fixed pinhole (COLMAP pixel centres at +0.5)
-        reader.camera_model = 'PINHOLE'
-        reader.camera_params = ','.join(str(float(v)) for v in (
-            K[0, 0], K[1, 1], K[0, 2] + COLMAP_PIXEL_OFFSET, K[1, 2] + COLMAP_PIXEL_OFFSET))
-    else:
-        reader.camera_model = 'SIMPLE_RADIAL'
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.num_threads = num_threads
-    extraction.use_gpu = False
-    extraction.max_image_size = max_image_size
-    stats = {'matcher': matcher, 'n_frames': len(frames.names), 'camera_model':
-             reader.camera_model, 'intrinsics_known': K is not None}
-    mode = pycolmap.CameraMode.SINGLE if frames.kind != 'folder' or K is not None \
-        else pycolmap.CameraMode.AUTO
     t0 = time.perf_counter()
-    log.info('SfM 1/3: SIFT features of %d frames (CPU)', len(frames.names))
-    pycolmap.extract_features(db, frames.images_dir, image_names=frames.names, camera_mode=mode,
-                              reader_options=reader, extraction_options=extraction,
-                              device=pycolmap.Device.cpu)
+    camera_model = _extract_features(db, frames, K, num_threads, max_image_size)
+    stats = {'matcher': matcher, 'n_frames': len(frames.names), 'camera_model': camera_model,
+             'intrinsics_known': K is not None}
     t1 = time.perf_counter()
-    matching = pycolmap.FeatureMatchingOptions()
-    matching.num_threads = num_threads
-    matching.use_gpu = False
-    log.info('SfM 2/3: %s matching', matcher)
-    if matcher == 'exhaustive':
-        pycolmap.match_exhaustive(db, matching_options=matching, device=pycolmap.Device.cpu)
-    else:
-        pairing = pycolmap.SequentialPairingOptions()
-        pairing.overlap = 10
-        pairing.quadratic_overlap = True
-        pairing.loop_detection = False  # needs a vocabulary tree file, which we do not ship
-        pycolmap.match_sequential(db, matching_options=matching, pairing_options=pairing,
-                                  device=pycolmap.Device.cpu)
+    _match(db, matcher, num_threads)
     t2 = time.perf_counter()
-    opts = pycolmap.IncrementalPipelineOptions()
-    opts.num_threads = num_threads
-    opts.random_seed = seed
-    if K is not None:
-        opts.ba_refine_focal_length = False
-        opts.ba_refine_principal_point = False
-        opts.ba_refine_extra_params = False
-    log.info('SfM 3/3: incremental mapping')
-    bar = _progress(len(frames.names), 'registered', progress)
-    recs = pycolmap.incremental_mapping(db, frames.images_dir, work_dir / 'sparse', opts,
-                                        next_image_callback=lambda: bar.update(1))
-    bar.close()
+    recs = _map(db, frames, work_dir / 'sparse', K is not None, num_threads, seed, progress)
     t3 = time.perf_counter()
     stats.update(seconds={'features': round(t1 - t0, 2), 'matching': round(t2 - t1, 2),
                           'mapping': round(t3 - t2, 2), 'total': round(t3 - t0, 2)})
-    if not recs:
-        raise SfMReconstructionError(
-            f'SfM could not reconstruct anything from {len(frames.names)} frames (no initial '
-            f'image pair with enough matches). {_advice(frames, matcher)}')
-    sizes = sorted((r.num_reg_images() for r in recs.values()), reverse=True)
-    best = max(recs.values(), key=lambda r: r.num_reg_images())
-    stats['model_sizes'] = sizes
-    if len(sizes) > 1:
-        log.warning('SfM split the scene into %d models (%s registered frames); keeping the '
-                    'largest. %s', len(sizes), ', '.join(map(str, sizes)),
-                    _advice(frames, matcher))
-    text_dir = work_dir / 'model'
-    text_dir.mkdir()
-    best.write_text(str(text_dir))
-    model = model_from_reconstruction(best, str(text_dir), 'colmap-text')
-    stats['mean_reprojection_error_px'] = float(best.compute_mean_reprojection_error())
-    return model, stats
+    return _largest_model(recs, frames, matcher, work_dir, stats), stats
 
 
 def label(src, out_dir, fps: float | None = 2.0, min_motion: float | None = None,

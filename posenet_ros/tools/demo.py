@@ -21,6 +21,7 @@ import hashlib
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -56,30 +57,20 @@ def _fmt_row(name: str, s: dict) -> str:
             + (f'   ({s["n_failed"]} failed)' if s.get('n_failed') else ''))
 
 
-def run_demo(out: Path, *, tiny: bool = False, force: bool = False, device: str = 'cpu',
-             models_dir: Path | None = None, live: bool = True, seed: int = 0) -> dict:
-    """Run the demo into ``out``; return a dict summary (also written to ``out/summary.json``)."""
-    from posenet_ros.evaluation.evaluate import evaluate
+@contextmanager
+def _timed(timings: dict, key: str):
+    """Record the wall time of the ``with`` body as ``timings[key]`` (seconds)."""
+    t0 = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t0
+
+
+def _render_data(out: Path, scene_cfg, force: bool) -> tuple[Path, Path, str]:
+    """Step 1: the dataset folder and the test bag; returns their paths and the data's key."""
     from posenet_ros.tools import synthetic
-    from posenet_ros.training.config import load_config
-    from posenet_ros.training.train import train
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    models_dir = Path(models_dir) if models_dir else ROOT / 'models'
-    models_dir.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    timings = {}
-
-    # 1. data ------------------------------------------------------------------------------
-    _step(1, 'rendering the synthetic scene')
-    scene_cfg = synthetic.SceneConfig(seed=seed)
-    if tiny:
-        scene_cfg = synthetic.SceneConfig(seed=seed, width=160, height=120, fx=138.5,
-                                          n_train=48, n_test=12)
     data_dir, bag_dir = out / 'data' / 'dataset', out / 'data' / 'bag'
     data_key = _fingerprint(asdict(scene_cfg))
-    t0 = time.perf_counter()
     if force or not _reuse(out / 'data' / '.stamp', data_key):
         if data_dir.exists():
             shutil.rmtree(data_dir)
@@ -88,9 +79,68 @@ def run_demo(out: Path, *, tiny: bool = False, force: bool = False, device: str 
         (out / 'data' / '.stamp').write_text(data_key)
     else:
         print(f'reusing {data_dir} and {bag_dir}')
-    timings['data_s'] = time.perf_counter() - t0
+    return data_dir, bag_dir, data_key
 
-    # 2. training ----------------------------------------------------------------------------
+
+def _train_model(cfg, models_dir: Path, data_key: str, force: bool) -> tuple[Path, str]:
+    """Step 2: train and export unless the same config and data were trained already.
+
+    Returns the TorchScript export and the key of the training (config and data).
+    """
+    from posenet_ros.training.train import train
+
+    model_ts = models_dir / f'{cfg.name}.ts'
+    train_key = _fingerprint({'cfg': cfg.to_dict(), 'data': data_key})
+    stamp = models_dir / f'.{cfg.name}.stamp'
+    if force or not (model_ts.is_file() and _reuse(stamp, train_key)):
+        if Path(cfg.run_dir).exists():  # a new config/data: start a fresh run, do not resume
+            shutil.rmtree(cfg.run_dir)
+        model_ts = Path(train(cfg).export_ts)
+        stamp.write_text(train_key)
+    else:
+        print(f'reusing {model_ts} (same config and data)')
+    return model_ts, train_key
+
+
+def _scene_map(model_ts: Path, data_dir: Path, map_stamp: Path, train_key: str, force: bool,
+               device: str) -> Path:
+    """The scene map for verification, beside the export (rebuilt with the model).
+
+    ``map_stamp`` holds the key of the training the map was built for.
+    """
+    from posenet_ros.verify.build import build_map
+    from posenet_ros.verify.mapfile import default_map_path
+
+    map_path = default_map_path(model_ts)
+    if force or not (map_path.is_file() and _reuse(map_stamp, train_key)):
+        print(f'building the scene map {map_path} from the training frames', flush=True)
+        build_map(model_ts, map_path, dataset=data_dir, device=device, progress=True)
+        map_stamp.write_text(train_key)
+    else:
+        print(f'reusing {map_path} (same model)')
+    return map_path
+
+
+def run_demo(out: Path, *, tiny: bool = False, force: bool = False, device: str = 'cpu',
+             models_dir: Path | None = None, live: bool = True, seed: int = 0) -> dict:
+    """Run the demo into ``out``; return a dict summary (also written to ``out/summary.json``)."""
+    from posenet_ros.evaluation.evaluate import evaluate
+    from posenet_ros.tools.synthetic import SceneConfig
+    from posenet_ros.training.config import load_config
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    models_dir = Path(models_dir) if models_dir else ROOT / 'models'
+    models_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    timings = {}
+
+    _step(1, 'rendering the synthetic scene')
+    scene_cfg = (SceneConfig(seed=seed, width=160, height=120, fx=138.5, n_train=48, n_test=12)
+                 if tiny else SceneConfig(seed=seed))
+    with _timed(timings, 'data_s'):
+        data_dir, bag_dir, data_key = _render_data(out, scene_cfg, force)
+
     _step(2, 'training a CPU-sized PoseNet and exporting it')
     name = 'demo_tiny' if tiny else 'demo'
     overrides = {'dataset': str(data_dir), 'run_dir': str(out / 'runs' / name), 'name': name,
@@ -98,59 +148,32 @@ def run_demo(out: Path, *, tiny: bool = False, force: bool = False, device: str 
     if tiny:
         overrides.update({'epochs': 2, 'resize': 64, 'crop': 56, 'batch_size': 16,
                           'num_threads': 1, 'export_pt2': False})
-    cfg = load_config(DEMO_CONFIG, overrides)
-    model_ts = models_dir / f'{name}.ts'
-    train_key = _fingerprint({'cfg': cfg.to_dict(), 'data': data_key})
-    stamp = models_dir / f'.{name}.stamp'
-    t0 = time.perf_counter()
-    if force or not (model_ts.is_file() and _reuse(stamp, train_key)):
-        if Path(cfg.run_dir).exists():  # a new config/data: start a fresh run, do not resume
-            shutil.rmtree(cfg.run_dir)
-        result = train(cfg)
-        model_ts = Path(result.export_ts)
-        stamp.write_text(train_key)
-    else:
-        print(f'reusing {model_ts} (same config and data)')
-    timings['train_s'] = time.perf_counter() - t0
+    with _timed(timings, 'train_s'):
+        model_ts, train_key = _train_model(load_config(DEMO_CONFIG, overrides), models_dir,
+                                           data_key, force)
+    with _timed(timings, 'map_s'):
+        map_path = _scene_map(model_ts, data_dir, models_dir / f'.{name}.map.stamp', train_key,
+                              force, device)
 
-    # The scene map for verification, beside the export (rebuilt with the model).
-    from posenet_ros.verify.build import build_map
-    from posenet_ros.verify.mapfile import default_map_path
-
-    map_path = default_map_path(model_ts)
-    map_stamp = models_dir / f'.{name}.map.stamp'
-    t0 = time.perf_counter()
-    if force or not (map_path.is_file() and _reuse(map_stamp, train_key)):
-        print(f'building the scene map {map_path} from the training frames', flush=True)
-        build_map(model_ts, map_path, dataset=data_dir, device=device, progress=True)
-        map_stamp.write_text(train_key)
-    else:
-        print(f'reusing {map_path} (same model)')
-    timings['map_s'] = time.perf_counter() - t0
-
-    # 3. offline evaluation -----------------------------------------------------------------
     _step(3, 'evaluating the exported model offline on the test split (coarse and verified)')
-    t0 = time.perf_counter()
-    offline = evaluate(model_ts, out / 'eval_offline', dataset=data_dir, split='test',
-                       device=device, title='demo (offline)', map_path=map_path)
-    timings['offline_eval_s'] = time.perf_counter() - t0
+    with _timed(timings, 'offline_eval_s'):
+        offline = evaluate(model_ts, out / 'eval_offline', dataset=data_dir, split='test',
+                           device=device, title='demo (offline)', map_path=map_path)
 
-    # 4. live evaluation through the node --------------------------------------------------
     live_summary = None
     if live:
         _step(4, 'starting the node and replaying the test bag through it over DDS')
         from posenet_ros.ros.live_eval import live_evaluate
-        t0 = time.perf_counter()
-        live_summary = live_evaluate(model_ts, bag_dir, out / 'eval_live',
-                                     image_topic='/camera/image_raw',
-                                     pose_topic='/ground_truth/pose', device=device,
-                                     train_dataset=data_dir, title='demo (live node)',
-                                     node_params={'num_threads': 1} if tiny else None)
-        timings['live_eval_s'] = time.perf_counter() - t0
+
+        with _timed(timings, 'live_eval_s'):
+            live_summary = live_evaluate(model_ts, bag_dir, out / 'eval_live',
+                                         image_topic='/camera/image_raw',
+                                         pose_topic='/ground_truth/pose', device=device,
+                                         train_dataset=data_dir, title='demo (live node)',
+                                         node_params={'num_threads': 1} if tiny else None)
     else:
         _step(4, 'live evaluation skipped (--no-live)')
 
-    # 5. summary ---------------------------------------------------------------------------
     _step(5, 'summary')
     timings['total_s'] = time.perf_counter() - t_start
     summary = {'model': str(model_ts), 'map': str(map_path), 'offline': offline,
