@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from posenet_ros.core.errors import EvaluationError
-from posenet_ros.core.geometry import canonicalize_quaternion, xyzw_to_wxyz
+from posenet_ros.core.geometry import canonicalize_quaternion
+from posenet_ros.core.ros_conversions import camera_info_topic, msg_to_pose, stamp_to_ns
 from posenet_ros.evaluation.report import MODEL_METHOD, MethodResult
 from posenet_ros.ros.process import NODE_MODULE, NodeProcess
 
@@ -160,7 +161,7 @@ def _node_setup(model: Path, device: str, image_topic: str, bag, map_path: Path 
     play_topics = [image_topic]
     if map_path is not None:
         params.update(refine='continuous', map_path=str(map_path))
-        info_topic = base_topic.rstrip('/').rsplit('/', 1)[0] + '/camera_info'
+        info_topic = camera_info_topic(image_topic)
         if info_topic in _bag_topics(bag):
             play_topics.append(info_topic)
             params['camera_info_topic'] = info_topic
@@ -260,24 +261,20 @@ class _Recorder:
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
                               reliability=ReliabilityPolicy.RELIABLE)
         node.create_subscription(PoseStamped, POSE_TOPIC,
-                                 self._storing(self.poses, lambda m: m.pose), reliable)
+                                 self._storing(self.poses), reliable)
         if verifying:
             node.create_subscription(PoseWithCovarianceStamped, VERIFIED_TOPIC,
-                                     self._storing(self.verified, lambda m: m.pose.pose),
-                                     reliable)
+                                     self._storing(self.verified), reliable)
             node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
                                      reliable)
 
-    def _storing(self, store: dict, pose_of):
+    def _storing(self, store: dict):
         """Callback storing (receipt time, position, wxyz) by header stamp in ``store``."""
         def on_msg(msg):
             t = time.monotonic()
-            key = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-            pose = pose_of(msg)
-            p, o = pose.position, pose.orientation
+            position, q_wxyz = msg_to_pose(msg)
             with self.lock:
-                store.setdefault(key, (t, np.array([p.x, p.y, p.z]),
-                                       xyzw_to_wxyz(np.array([o.x, o.y, o.z, o.w]))))
+                store.setdefault(stamp_to_ns(msg.header.stamp), (t, position, q_wxyz))
                 self.last_rx = t
         return on_msg
 
