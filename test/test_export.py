@@ -10,9 +10,9 @@ from helpers_model import random_frames, sample_image_rgb, spread_head
 
 from posenet_ros.core.errors import ConfigError, IncompatibleModelError
 from posenet_ros.model.export import (
+    FEATURE_SPACE,
     FORMAT_VERSION,
     META_NAME,
-    FEATURE_SPACE,
     ExportedPoseNet,
     export_model,
     load_file,

@@ -7,6 +7,7 @@ one, and the request book answers ``~/relocalize`` calls from it.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +16,7 @@ from rclpy.task import Future
 from posenet_ros.localizer import FrameResult
 from posenet_ros.ros.node_tf import Mount
 
-__all__ = ['NodeFrame', 'Request']
+__all__ = ['NewestSlot', 'NodeFrame', 'Request']
 
 
 @dataclass
@@ -48,3 +49,40 @@ class NodeFrame:
     pending: list[Request]
     rgb: np.ndarray | None = None
     intrinsics_source: str = ''
+
+
+class NewestSlot:
+    """A one-item hand-over between threads where the newest item wins (thread-safe).
+
+    :meth:`put` replaces an item not taken yet (and says so, for the drop counters);
+    :meth:`take` blocks until an item arrives and returns None once :meth:`stop` was called.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._item = None
+        self._running = True
+
+    def put(self, item) -> bool:
+        """Offer ``item``; True when it replaced one that was never taken."""
+        with self._cond:
+            replaced = self._item is not None
+            self._item = item
+            self._cond.notify()
+        return replaced
+
+    def take(self):
+        """The newest item (waiting for one), or None after :meth:`stop`."""
+        with self._cond:
+            while self._running and self._item is None:
+                self._cond.wait(0.5)
+            if not self._running:
+                return None
+            item, self._item = self._item, None
+            return item
+
+    def stop(self) -> None:
+        """Wake every :meth:`take` with None, now and later."""
+        with self._cond:
+            self._running = False
+            self._cond.notify_all()

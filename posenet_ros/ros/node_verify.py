@@ -10,7 +10,7 @@ coarse output keeps PoseNet's rate.
 Ownership: this thread alone uses the Localizer's map side (its descriptor cache is not
 thread-safe) and writes :attr:`VerificationWorker.intrinsics_source`; the camera_info callback
 (executor thread) swaps :attr:`VerificationWorker.camera_info` (one reference assignment of an
-immutable value, read once per frame here); the job slot is guarded by its condition.
+immutable value, read once per frame here); the job slot is a locked ``NewestSlot``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from posenet_ros.core.errors import MissingIntrinsicsError
-from posenet_ros.ros.node_types import NodeFrame
+from posenet_ros.ros.node_types import NewestSlot, NodeFrame
 
 __all__ = ['CameraInfo', 'VerificationWorker']
 
@@ -54,37 +54,24 @@ class VerificationWorker:
         self.info_topic = info_topic
         self.camera_info: CameraInfo | None = None
         self.intrinsics_source = 'none yet'
-        self._cond = threading.Condition()
-        self._job: NodeFrame | None = None
-        self._running = True
+        self._jobs = NewestSlot()
         self._thread = threading.Thread(target=self._run, name='posenet_verify', daemon=True)
         self._thread.start()
 
     def hand_over(self, frame: NodeFrame) -> None:
         """Give the thread the newest frame; an unstarted one is dropped (worker thread)."""
-        with self._cond:
-            if self._job is not None:
-                self._stats.count('verify_dropped')
-                # The dropped frame's calls stay pending (the new frame was built from the
-                # same list of open calls), so nothing is lost.
-            self._job = frame
-            self._cond.notify()
+        if self._jobs.put(frame):
+            # The dropped frame's calls stay pending (the new frame was built from the same
+            # list of open calls), so nothing is lost.
+            self._stats.count('verify_dropped')
 
     def stop(self) -> None:
         """Stop the thread (after the frame in progress)."""
-        with self._cond:
-            self._running = False
-            self._cond.notify_all()
+        self._jobs.stop()
         self._thread.join(timeout=2.0)
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._running and self._job is None:
-                    self._cond.wait(0.5)
-                if not self._running:
-                    return
-                frame, self._job = self._job, None
+        while (frame := self._jobs.take()) is not None:
             try:
                 self._verify(frame)
             except Exception as exc:  # never let one frame kill the thread

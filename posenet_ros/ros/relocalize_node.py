@@ -37,8 +37,8 @@ Threads and who owns what (each piece of state has one owner thread, or a lock):
   stager, ``_last_output`` and the TF mount look-up state (``NodeTf``);
 * verification thread ``posenet_verify``: the map side of the Localizer and
   ``intrinsics_source``;
-* locked: the newest-frame slot and ``_running`` (``_cond``), the pending ``~/relocalize``
-  calls (``RequestBook``), the verification job slot (its condition), ``NodeStats`` and the
+* locked: the newest-frame slot (``NewestSlot``), the pending ``~/relocalize`` calls
+  (``RequestBook``), the verification job slot (a ``NewestSlot``), ``NodeStats`` and the
   throttled warnings (``ThrottledLog``), each with its own lock.
 
 Run it with ``relocalize_node --ros-args --params-file config/relocalize.yaml -p model_path:=...``
@@ -87,7 +87,7 @@ from posenet_ros.ros.frames import FrameStager
 from posenet_ros.ros.node_outputs import OUTPUT_QOS, NodeOutputs
 from posenet_ros.ros.node_requests import RequestBook, answer_payload, response_text
 from posenet_ros.ros.node_tf import Mount, NodeTf
-from posenet_ros.ros.node_types import NodeFrame
+from posenet_ros.ros.node_types import NewestSlot, NodeFrame
 from posenet_ros.ros.node_verify import CameraInfo as _CameraInfo
 from posenet_ros.ros.node_verify import VerificationWorker
 
@@ -140,10 +140,7 @@ class RelocalizerNode(Node):
         self._requests = RequestBook()
         self._setup_services()
 
-        # Worker state (under _cond), then the worker.
-        self._cond = threading.Condition()
-        self._slot: _Slot | None = None
-        self._running = True
+        self._frames = NewestSlot()  # executor thread -> worker, newest frame wins
         self._last_output = -math.inf  # worker thread only
         self._worker = threading.Thread(target=self._work, name='posenet_worker', daemon=True)
         self._worker.start()
@@ -291,11 +288,8 @@ class RelocalizerNode(Node):
         slot = _Slot(msg, time.monotonic(), compressed)
         self._stats.count('received')
         self._stats.image_stamp(_stamp_ns(msg.header.stamp))
-        with self._cond:
-            if self._slot is not None:
-                self._stats.count('dropped')  # overwritten before the worker got to it
-            self._slot = slot
-            self._cond.notify()
+        if self._frames.put(slot):
+            self._stats.count('dropped')  # overwritten before the worker got to it
 
     def _on_camera_info(self, msg) -> None:
         k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
@@ -310,13 +304,7 @@ class RelocalizerNode(Node):
 
     # --- worker thread --------------------------------------------------------------------------
     def _work(self) -> None:
-        while True:
-            with self._cond:
-                while self._running and self._slot is None:
-                    self._cond.wait(0.5)
-                if not self._running:
-                    return
-                slot, self._slot = self._slot, None
+        while (slot := self._frames.take()) is not None:
             pending = self._requests.since(slot.t_received)
             try:
                 self._process(slot, pending)
@@ -501,13 +489,10 @@ class RelocalizerNode(Node):
 
     def destroy_node(self) -> None:
         """Stop the worker and the verification thread, then destroy the node."""
-        cond = getattr(self, '_cond', None)  # absent when __init__ failed (context clean-up)
-        if cond is not None:
-            with cond:
-                self._running = False
-                cond.notify_all()
+        if hasattr(self, '_worker'):  # absent when __init__ failed (context clean-up)
+            self._frames.stop()
             self._worker.join(timeout=2.0)
-            if self._verifier is not None:
+            if getattr(self, '_verifier', None) is not None:
                 self._verifier.stop()
         super().destroy_node()
 
