@@ -43,7 +43,7 @@ def _time_runs(fns: dict, x: torch.Tensor, warmup: int, runs: int) -> dict[str, 
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = fn(x)
-        out.cpu()  # synchronises on CUDA
+        out[0].cpu()  # synchronises on CUDA (the export returns pose, feature)
         return (time.perf_counter() - t0) * 1000.0
 
     for fn in fns.values():
@@ -101,7 +101,7 @@ def bench_backbone(name: str, size: int, runs: int, warmup: int, device: torch.d
     for variant, fn in variants.items():
         row[variant] = _stats(times[variant])
         with torch.inference_mode():
-            out = fn(frame).cpu()
+            out = fn(frame)[0].cpu()  # (pose, feature): compare the poses
         ref = out if ref is None else ref
         row[variant]['max_abs_diff_vs_eager'] = float((out - ref).abs().max())
     return row

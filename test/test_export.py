@@ -10,6 +10,7 @@ from helpers_model import random_frames, sample_image_rgb, spread_head
 
 from posenet_ros.core.errors import ConfigError, IncompatibleModelError
 from posenet_ros.model.export import (
+    FEATURE_SPACE,
     FORMAT_VERSION,
     META_NAME,
     ExportedPoseNet,
@@ -55,12 +56,14 @@ def test_eager_torchscript_pt2_agree_on_two_sizes(exported):
     for frames in _frames():
         x = torch.from_numpy(frames)
         with torch.no_grad():
-            ref = eager(x)
+            ref, ref_feature = eager(x)
             out_ts = ts(x)
             out_pt2 = pt2(x)
         assert ref.shape == (len(frames), 8) and ref.dtype == torch.float32
-        torch.testing.assert_close(out_ts, ref, atol=1e-4, rtol=1e-5)
-        torch.testing.assert_close(out_pt2, ref, atol=1e-4, rtol=1e-5)
+        assert ref_feature.shape == (len(frames), 2048) and ref_feature.dtype == torch.float32
+        for out in (out_ts, out_pt2):  # both formats: (pose, feature) from one pass
+            torch.testing.assert_close(out[0], ref, atol=1e-4, rtol=1e-5)
+            torch.testing.assert_close(out[1], ref_feature, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize('backbone', ['googlenet', 'efficientnet_lite0'])
@@ -83,8 +86,12 @@ def test_output_convention(exported):
     net, eager, _ = exported
     x = torch.from_numpy(random_frames((16, 70, 90, 3), seed=9))
     with torch.no_grad():
-        out = eager(x)
-        raw = net(eager.preprocess(x))
+        out, feature = eager(x)
+        pre = eager.preprocess(x)
+        raw = net(pre)
+        # the feature is the pose head's relu(fc) of the pooled trunk features
+        hidden = torch.relu(net.head.fc(net.trunk(pre).mean((2, 3))))
+    torch.testing.assert_close(feature, hidden, atol=1e-5, rtol=1e-5)
     q = out[:, 3:7]
     torch.testing.assert_close(q.norm(dim=1), torch.ones(16), atol=1e-5, rtol=0)
     assert (q[:, 0] >= 0).all()
@@ -111,6 +118,8 @@ def test_metadata_round_trip(exported):
     assert meta['position_normalization']['mean'] == list(POS_MEAN)
     assert meta['position_normalization']['scale'] == POS_SCALE
     assert meta['output_convention']['columns'][-1] == 'raw_qnorm'
+    assert meta['output_convention']['outputs'] == ['pose', 'feature']
+    assert meta['output_convention']['feature'] == {'dim': 2048, 'space': FEATURE_SPACE}
     assert meta['frames'] == {'map_frame': 'world', 'camera_frame': 'cam0_optical'}
     assert meta['training'] == {'epochs': 2, 'median_m': 0.5}
     assert meta['config']['lr'] == 1e-4
@@ -176,10 +185,13 @@ def test_relocalizer_on_pt2_and_its_shape_limits(exported):
     for shape in [(16, 16, 3), (121, 203, 3)]:  # 16 px: the Relocalizer's smallest frame
         frame = random_frames(shape, seed=11)
         with torch.no_grad():
-            ref = eager(torch.from_numpy(frame)[None])[0].double().numpy()
+            pose, feature = eager(torch.from_numpy(frame)[None])
+        ref = pose[0].double().numpy()
         pred = reloc.predict(frame)
         np.testing.assert_allclose(pred.position, ref[:3], atol=1e-4)
         np.testing.assert_allclose(pred.quaternion_wxyz, ref[3:7], atol=1e-5)
+        # a .pt2 gives the retrieval feature itself (no TorchScript sibling needed)
+        np.testing.assert_allclose(pred.feature, feature[0].numpy(), atol=1e-4, rtol=1e-4)
     with pytest.raises(InvalidFrameError, match='8..8192 px'):
         reloc.predict(random_frames((16, 8200, 3)))
     with pytest.raises(InvalidFrameError, match='at least 16 px'):

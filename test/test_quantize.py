@@ -124,9 +124,15 @@ def test_int8_export_loads_in_the_relocalizer_and_keeps_the_contract(trained):
     photo = sample_image_rgb()
     frames = [load_image(load_dataset(ds, 'test')[0]), photo, photo[::-1, ::2].copy(),
               random_frames((37, 91, 3), seed=2)]
+    fp32_reloc = Relocalizer(fp32, device='cpu', warmup=1)
     for frame in frames:   # the node's call: one uint8 RGB frame of any size
         pred = reloc.predict(frame)
         assert np.all(np.isfinite(pred.position))
+        # the int8 pass gives the retrieval feature too, close to the fp32 one (cosine)
+        ref = fp32_reloc.predict(frame).feature
+        assert pred.feature.shape == ref.shape == (reloc.feature_dim,)
+        cos = pred.feature @ ref / (np.linalg.norm(pred.feature) * np.linalg.norm(ref))
+        assert cos > 0.9, cos
         assert abs(np.linalg.norm(pred.quaternion_wxyz) - 1.0) < 1e-6
         assert pred.quaternion_wxyz[0] >= 0 and pred.raw_quat_norm > 0
     batch = reloc.predict_batch(random_frames((3, 40, 60, 3), seed=4))
@@ -254,8 +260,9 @@ def test_quantize_export_from_frames_in_memory(tmp_path):
     assert meta['quantization']['calibration_dataset'] == 'frames passed in'
     assert meta['quantization']['calibration_split'] is None
     with torch.no_grad():
-        out = ts(torch.from_numpy(random_frames((2, 40, 52, 3), seed=2)))
+        out, feature = ts(torch.from_numpy(random_frames((2, 40, 52, 3), seed=2)))
     assert out.shape == (2, 8) and bool(torch.isfinite(out).all())
+    assert feature.shape == (2, 2048) and bool(torch.isfinite(feature).all())
     torch.testing.assert_close(out[:, 3:7].norm(dim=1), torch.ones(2), atol=1e-5, rtol=0)
 
 
@@ -267,8 +274,8 @@ def test_every_backbone_quantizes(backbone):
     x = torch.randn(2, 3, 33, 33)
     q = quantize_network(net, x, 33)
     with torch.no_grad():
-        out, ref = q(x), net(x)
-    assert out.shape == ref.shape == (2, 7)
+        (out, feature), ref = q(x), net(x)
+    assert out.shape == ref.shape == (2, 7) and feature.shape == (2, 2048)
     assert bool(torch.isfinite(out).all()) and not math.isnan(float(out.sum()))
 
 
@@ -277,4 +284,4 @@ def test_one_pixel_feature_maps_keep_the_pooling_in_fp32():
     net = build_posenet('resnet18').eval()
     q = quantize_network(net, torch.randn(2, 3, 32, 32), 32)
     with torch.no_grad():
-        assert q(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+        assert q(torch.randn(1, 3, 32, 32))[0].shape == (1, 7)

@@ -46,9 +46,15 @@ def test_predict_matches_the_model_and_convention(reloc, model_ts):
     assert pred.quaternion_wxyz[0] >= 0
     assert pred.raw_quat_norm > 0 and pred.latency_ms > 0
     with torch.no_grad():
-        ref = reloc.model(torch.from_numpy(frame)[None])[0].double().numpy()
+        pose, feature = reloc.model(torch.from_numpy(frame)[None])
+    ref = pose[0].double().numpy()
     np.testing.assert_allclose(pred.position, ref[:3], atol=1e-5)
     np.testing.assert_allclose(pred.quaternion_wxyz, ref[3:7], atol=1e-6)
+    # the same pass gives the retrieval feature the metadata announces
+    assert reloc.feature_dim == reloc.metadata['output_convention']['feature']['dim'] == 2048
+    assert pred.feature.shape == (2048,) and pred.feature.dtype == np.float32
+    np.testing.assert_allclose(pred.feature, feature[0].numpy(), atol=1e-6)
+    assert np.all(pred.feature >= 0) and np.any(pred.feature > 0)  # relu(fc)
     assert reloc.metadata['backbone'] == 'resnet18'
     assert reloc.model_id == reloc.metadata['model_id'] and reloc.device == torch.device('cpu')
 

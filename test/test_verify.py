@@ -29,6 +29,7 @@ from posenet_ros.core.errors import (
 )
 from posenet_ros.core.geometry import invert, rotation_error_deg, translation_error
 from posenet_ros.datasets import PoseSample, load_dataset, load_image, write_manifest
+from posenet_ros.localizer import Localizer
 from posenet_ros.model.export import read_metadata
 from posenet_ros.model.relocalizer import Relocalizer
 from posenet_ros.tools.synthetic import (
@@ -183,20 +184,81 @@ def test_frames_of_another_scene_and_blank_frames_are_never_verified(scene):
     assert set(statuses) <= {'unverified', 'rejected'}
 
 
-def test_relocalizer_checks_the_map_and_verifies_through_one_call(scene, tmp_path):
+def test_localizer_checks_the_map_and_verifies_through_one_call(scene, tmp_path):
     _, ds, model, map_path = scene
-    reloc = Relocalizer(model, scene_map=map_path, warmup=1)
+    loc = Localizer(model, scene_map=map_path, warmup=1)
+    assert loc.uses_features  # the map's features come from the export's own feature output
     s = load_dataset(ds, 'test')[3]
-    res = reloc.relocalize(load_image(s), s.intrinsics, prior=(s.position, s.quaternion))
-    assert res.coarse.position.shape == (3,)
-    assert res.verification.verified, res.verification.reason
-    assert translation_error(res.verification.position, s.position) < 0.05
+    res = loc.localize(load_image(s), K=s.intrinsics, verify=True,
+                       prior=(s.position, s.quaternion))
+    assert res.camera.position.shape == (3,)
+    assert res.verified and res.verification.verified, res.verification.reason
+    assert translation_error(res.refined.position, s.position) < 0.05
+    np.testing.assert_allclose(res.refined.covariance, res.verification.covariance)
     # K defaults to the map's intrinsics for frames of the map's size
-    res2 = reloc.relocalize(load_image(s), prior=(s.position, s.quaternion))
-    assert res2.verification.verified
+    res2 = loc.verify(loc.localize(load_image(s)), load_image(s),
+                      prior=(s.position, s.quaternion))
+    assert res2.verified
+    # the per-frame wrapper evaluation calls gives the same verification
+    reloc = Relocalizer(model, scene_map=map_path, warmup=1)
+    ver = reloc.verify(load_image(s), s.intrinsics, s.position, s.quaternion)
+    assert ver.verified and ver.n_inliers == res.verification.n_inliers
     other = make_tiny_export(tmp_path, name='other', seed=1)
     with pytest.raises(MapMismatchError, match='posenet-ros map'):
-        Relocalizer(other, scene_map=map_path, warmup=1)
+        Localizer(other, scene_map=map_path, warmup=1)
+
+
+def test_a_verified_frame_costs_one_network_pass(scene):
+    _, ds, model, map_path = scene
+    loc = Localizer(model, scene_map=map_path, warmup=1)
+    inner, passes = loc.relocalizer.model, []
+    loc.relocalizer.model = lambda batch: (passes.append(int(batch.shape[0])), inner(batch))[1]
+    s = load_dataset(ds, 'test')[5]
+    res = loc.localize(load_image(s), K=s.intrinsics, verify=True,
+                       prior=(s.position, s.quaternion))
+    assert res.verified, res.verification.reason
+    assert passes == [1]  # the retrieval feature came with the pose
+    # the map's frame features and the query's are one feature space: the query's nearest
+    # map frame in feature space is its nearest in pose too
+    g = loc.scene_map.frame_global.astype(np.float32)
+    sim = g @ res.feature / (np.linalg.norm(g, axis=1) * np.linalg.norm(res.feature))
+    assert int(np.argmax(sim)) in res.verification.candidates
+
+
+class _PoseOnly(torch.nn.Module):
+    """An export as written before the feature output: the pose tensor alone."""
+
+    def __init__(self, exported):
+        super().__init__()
+        self.exported = exported
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.exported(frames)[0]
+
+
+def test_exports_without_the_feature_output_still_verify(scene, tmp_path):
+    _, ds, model, map_path = scene
+    meta = read_metadata(model)
+    for key in ('outputs', 'feature'):
+        del meta['output_convention'][key]
+    legacy = tmp_path / 'legacy.ts'
+    torch.jit.save(torch.jit.script(_PoseOnly(torch.jit.load(str(model)))), str(legacy),
+                   _extra_files={'posenet_meta.json': json.dumps(meta)})
+    reloc = Relocalizer(legacy, warmup=1)
+    assert reloc.feature_dim == 0 and reloc.model_id == meta['model_id']
+    s = load_dataset(ds, 'test')[3]
+    assert reloc.predict(load_image(s)).feature is None
+    with pytest.warns(UserWarning, match='re-export'):  # once, when the map is attached
+        loc = Localizer(reloc, scene_map=map_path)
+    assert not loc.uses_features
+    res = loc.localize(load_image(s), K=s.intrinsics, verify=True,
+                       prior=(s.position, s.quaternion))
+    assert res.verified, res.verification.reason  # candidates by the coarse pose only
+    # a map built from it has no retrieval features, and says why in the log
+    out = tmp_path / 'legacy.map.npz'
+    assert cli_main(['map', '--model', str(legacy), '--dataset', str(ds), '--quiet',
+                     '--out', str(out), '--features', 'orb']) == 0
+    assert load_map(out).frame_global.shape[1] == 0
 
 
 def test_bad_map_files_give_clear_errors(scene, tmp_path, capsys):

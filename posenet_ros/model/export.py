@@ -4,12 +4,21 @@ Both files hold :class:`ExportedPoseNet`, i.e. the whole inference path, so a co
 nothing but the file:
 
 * input ``uint8 (B, H, W, 3)`` RGB, any batch size, height and width;
-* output ``float32 (B, 8)`` = ``[x, y, z, qw, qx, qy, qz, raw_qnorm]``: the camera centre in the
-  map frame (metres, de-normalised with the stored ``pos_mean``/``pos_scale``), the unit
-  camera-to-map quaternion (wxyz, canonical ``w >= 0``) and the norm of the raw quaternion
-  before normalisation (out-of-distribution signal: far from the ~1 seen in training means the
-  network is unsure);
-* metadata JSON inside the file under ``posenet_meta.json`` (see :func:`build_metadata`).
+* output a tuple ``(pose, feature)`` from one network pass:
+
+  - ``pose`` ``float32 (B, 8)`` = ``[x, y, z, qw, qx, qy, qz, raw_qnorm]``: the camera centre in
+    the map frame (metres, de-normalised with the stored ``pos_mean``/``pos_scale``), the unit
+    camera-to-map quaternion (wxyz, canonical ``w >= 0``) and the norm of the raw quaternion
+    before normalisation (out-of-distribution signal: far from the ~1 seen in training means
+    the network is unsure);
+  - ``feature`` ``float32 (B, D)``: the retrieval feature (``relu(fc)`` of the pooled trunk
+    features, what the pose regressors read; compared by cosine), used to pick scene-map
+    frames for verification;
+
+* metadata JSON inside the file under ``posenet_meta.json`` (see :func:`build_metadata`); its
+  ``output_convention.feature`` section says which features the export returns. Exports
+  written before the feature output existed return the pose tensor alone and have no such
+  section: they still load, and verification then picks map frames by the coarse pose only.
 
 The ``.pt2`` is exported with dynamic batch (1..1024), height and width (8..8192 px each).
 """
@@ -46,7 +55,7 @@ __all__ = [
     'FORMAT_VERSION', 'META_NAME', 'ExportedPoseNet', 'ExportResult', 'build_metadata',
     'export_model', 'read_metadata', 'model_id_of', 'git_sha', 'OUTPUT_COLUMNS',
     'MAX_BATCH', 'MIN_SIDE', 'MAX_SIDE', 'save_torchscript', 'quantization_of',
-    'check_quantized_device', 'eager_network',
+    'check_quantized_device', 'eager_network', 'FEATURE_SPACE', 'feature_dim_of',
 ]
 
 FORMAT_VERSION = 1
@@ -56,12 +65,16 @@ OUTPUT_COLUMNS = ('x', 'y', 'z', 'qw', 'qx', 'qy', 'qz', 'raw_qnorm')
 MAX_BATCH = 1024
 MIN_SIDE = 8
 MAX_SIDE = 8192
+# What the export's second output is (stored in the metadata; the map records it too).
+FEATURE_SPACE = 'relu(head.fc) of globally pooled trunk features (cosine)'
 
 
 class ExportedPoseNet(nn.Module):
     """Preprocess + PoseNet (eval) + de-normalisation + quaternion normalisation.
 
-    ``forward(frames uint8 (B, H, W, 3) RGB) -> float32 (B, 8)``, see the module docstring.
+    ``forward(frames uint8 (B, H, W, 3) RGB) -> (pose float32 (B, 8), feature float32 (B, D))``,
+    see the module docstring. ``net`` has PoseNet's ``forward_with_feature`` (a
+    :class:`~posenet_ros.model.network.PoseNet`, or the int8 network of ``model.quantize``).
     """
 
     def __init__(self, net: nn.Module, resize: int, crop: int,
@@ -78,16 +91,16 @@ class ExportedPoseNet(nn.Module):
         self.register_buffer('pos_mean', pm.reshape(1, 3))
         self.register_buffer('pos_scale', torch.tensor(float(pos_scale)))
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """Pose of each frame; see the class docstring."""
-        raw = self.net(self.preprocess(frames))
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pose and retrieval feature of each frame; see the class docstring."""
+        raw, feature = self.net.forward_with_feature(self.preprocess(frames))
         position = raw[:, :3] * self.pos_scale + self.pos_mean
         q = raw[:, 3:7]
         norm = torch.linalg.vector_norm(q, dim=1, keepdim=True)
         q = q / norm.clamp_min(1e-12)
         # q and -q are the same rotation: report the w >= 0 hemisphere (the label convention).
         sign = torch.where(q[:, :1] < 0, -torch.ones_like(norm), torch.ones_like(norm))
-        return torch.cat([position, q * sign, norm], dim=1)
+        return torch.cat([position, q * sign, norm], dim=1), feature.float()
 
 
 @dataclass
@@ -150,8 +163,15 @@ def build_metadata(*, backbone: str, resize: int, crop: int, mean: Sequence[floa
                    std: Sequence[float], pos_mean: Sequence[float], pos_scale: float,
                    model_id: str, map_frame: str = 'map', camera_frame: str = 'camera_optical',
                    training: dict | None = None, config: dict | None = None,
-                   dynamic_input: bool = True) -> dict:
-    """The metadata document stored in every export (``format_version`` 1)."""
+                   dynamic_input: bool = True, feature_dim: int | None = None) -> dict:
+    """The metadata document stored in every export (``format_version`` 1).
+
+    ``feature_dim``: length D of the export's retrieval feature output (default: the pose
+    head's hidden size).
+    """
+    if feature_dim is None:
+        from posenet_ros.model.network import HIDDEN  # torchvision: only when needed
+        feature_dim = HIDDEN
     return {
         'format_version': FORMAT_VERSION,
         'backbone': backbone,
@@ -172,6 +192,8 @@ def build_metadata(*, backbone: str, resize: int, crop: int, mean: Sequence[floa
             'position': 'camera centre in map frame, metres',
             'quaternion': 'camera-to-map rotation, wxyz, unit, w >= 0',
             'raw_qnorm': 'norm of the raw quaternion before normalisation',
+            'outputs': ['pose', 'feature'],
+            'feature': {'dim': int(feature_dim), 'space': FEATURE_SPACE},
         },
         'frames': {'map_frame': map_frame, 'camera_frame': camera_frame},
         'training': dict(training or {}),
@@ -286,6 +308,12 @@ def _parse_meta(raw: bytes | str, path: Path) -> dict:
     except (ValueError, UnicodeDecodeError) as exc:
         raise IncompatibleModelError(f'{path}: metadata is not valid JSON ({exc})') from exc
     return validate_metadata(meta, path)
+
+
+def feature_dim_of(meta: dict) -> int | None:
+    """Length of an export's retrieval feature output; ``None`` for exports without one."""
+    feature = (meta.get('output_convention') or {}).get('feature')
+    return int(feature['dim']) if isinstance(feature, dict) and 'dim' in feature else None
 
 
 def quantization_of(meta: dict) -> dict | None:

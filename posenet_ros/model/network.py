@@ -40,7 +40,8 @@ from posenet_ros.core.errors import (
 from posenet_ros.model.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
-    'BACKBONES', 'AUX_WEIGHT', 'PoseNet', 'EfficientNetLite0', 'build_posenet',
+    'BACKBONES', 'AUX_WEIGHT', 'HIDDEN', 'PoseNet', 'PoseAndFeature', 'EfficientNetLite0',
+    'build_posenet',
     'imagenet_weights_file', 'load_trunk_weights', 'lite0_weights_file',
 ]
 
@@ -286,12 +287,22 @@ class _PoseHead(nn.Module):
         _init_regressors(self.fc_xyz, self.fc_wpqr)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.regress(self.embed(feats))
+
+    def embed(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(B, HIDDEN)``: ``relu(fc)`` of the pooled trunk features, what the regressors read.
+
+        In eval mode (dropout off) this is the network's retrieval feature: frames that look
+        alike get nearby vectors (compare by cosine).
+        """
         x = torch.flatten(feats.mean((2, 3)), 1)
         if self.dropout_first:
-            x = self.relu(self.fc(self.dropout(x)))
-        else:
-            x = self.dropout(self.relu(self.fc(x)))
-        return torch.cat([self.fc_xyz(x), self.fc_wpqr(x)], dim=1)
+            return self.relu(self.fc(self.dropout(x)))
+        return self.dropout(self.relu(self.fc(x)))
+
+    def regress(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Raw ``(B, 7)`` pose from the :meth:`embed` vector."""
+        return torch.cat([self.fc_xyz(hidden), self.fc_wpqr(hidden)], dim=1)
 
 
 class _AuxPoseHead(nn.Module):
@@ -332,6 +343,15 @@ class PoseNet(nn.Module):
         """Main head only (inference)."""
         return self.head(self.trunk(x))
 
+    def forward_with_feature(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(raw pose (B, 7), retrieval feature (B, HIDDEN))`` from one pass (inference).
+
+        The feature is the main head's ``relu(fc)`` vector (:meth:`_PoseHead.embed`), so the
+        pose and the map's candidate retrieval cost one network pass together.
+        """
+        hidden = self.head.embed(self.trunk(x))
+        return self.head.regress(hidden), hidden
+
     @torch.jit.unused
     def forward_train(self, x: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
         """Training outputs ``[(weight, (B, 7) output)]``.
@@ -343,6 +363,36 @@ class PoseNet(nn.Module):
             return [(1.0, self.forward(x))]
         f4a, f4d, f5b = self.trunk.stages(x)
         return [(1.0, self.head(f5b)), (AUX_WEIGHT, self.aux2(f4d)), (AUX_WEIGHT, self.aux1(f4a))]
+
+
+class _PairHead(_PoseHead):
+    """A :class:`_PoseHead` whose ``forward`` returns ``(raw pose, feature)``."""
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.embed(feats)
+        return self.regress(hidden), hidden
+
+
+class PoseAndFeature(nn.Module):
+    """A view of a :class:`PoseNet` whose ``forward`` is :meth:`PoseNet.forward_with_feature`.
+
+    For graph tools that only follow ``forward`` (FX quantization, tracing). It shares the
+    network's modules and parameters under the same names (``trunk``, ``head``), so module-name
+    rules such as ``head.fc_xyz`` keep matching and the head is still entered as the module
+    ``head``; the GoogLeNet auxiliary heads (training only) are left out.
+    """
+
+    def __init__(self, net: PoseNet):
+        super().__init__()
+        self.backbone_name = net.backbone_name
+        self.trunk = net.trunk
+        head = _PairHead.__new__(_PairHead)
+        head.__dict__.update(net.head.__dict__)  # the same submodules, the pair forward
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(raw pose (B, 7), feature (B, HIDDEN))``."""
+        return self.head(self.trunk(x))
 
 
 def _tv(builder: Callable, weights_enum, trunk_cls):

@@ -1,7 +1,8 @@
 """int8 post-training static quantization of an exported PoseNet for CPU inference.
 
 ``quantize_export('models/scene.ts', 'data/scene')`` writes ``models/scene.int8.ts``: the same
-export contract (uint8 RGB frames in, ``(B, 8)`` poses out, same preprocessing, de-normalisation
+export contract (uint8 RGB frames in, ``(B, 8)`` poses and ``(B, D)`` retrieval features out from
+one pass, same preprocessing, de-normalisation
 and quaternion normalisation, metadata inside the file) with the network in int8. Any consumer
 of ``.ts`` exports (:class:`~posenet_ros.model.relocalizer.Relocalizer`, hence the node) loads it
 unchanged; it runs on the CPU only (``torch.backends.quantized`` kernels), which the loader
@@ -61,8 +62,8 @@ from posenet_ros.model.export import (
 
 __all__ = [
     'SCHEME', 'ENGINE', 'DEFAULT_FRAMES', 'QuantizeResult', 'quantize_export',
-    'quantize_network', 'calibration_frames', 'static_same_padding', 'clip_relu6_observers',
-    'compare_models', 'main',
+    'quantize_network', 'calibration_frames', 'Int8PoseAndFeature', 'static_same_padding',
+    'clip_relu6_observers', 'compare_models', 'main',
 ]
 
 SCHEME = 'fx-ptq-static-int8'
@@ -86,6 +87,26 @@ class QuantizeResult:
     path: Path
     metadata: dict
     n_calibration: int
+
+
+class Int8PoseAndFeature(nn.Module):
+    """The traced int8 network inside an int8 export, with PoseNet's two inference entries.
+
+    ``pair`` maps a preprocessed batch to ``(raw pose (B, 7), feature (B, D))`` (one pass).
+    """
+
+    def __init__(self, pair: nn.Module):
+        super().__init__()
+        self.pair = pair
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw ``(B, 7)`` pose."""
+        return self.pair(x)[0]
+
+    def forward_with_feature(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(raw pose (B, 7), feature (B, D))``."""
+        pose, feature = self.pair(x)
+        return pose, feature
 
 
 class _Shift(nn.Module):
@@ -227,8 +248,11 @@ def quantize_network(net: nn.Module, calibration: Sequence[torch.Tensor] | torch
     """Post-training static int8 quantization of an eager PoseNet (a quantized copy).
 
     ``calibration``: normalised ``float32 (B, 3, crop, crop)`` batches (the export's
-    preprocessing output). Returns the converted FX ``GraphModule`` (eval mode, CPU).
+    preprocessing output). Returns the converted FX ``GraphModule`` (eval mode, CPU) of
+    :class:`~posenet_ros.model.network.PoseAndFeature`: ``x -> (raw pose (B, 7), feature)``.
     """
+    from posenet_ros.model.network import PoseAndFeature
+
     get_mapping, prepare_fx, convert_fx = _fx()
     if engine not in torch.backends.quantized.supported_engines:
         raise ConfigError(f'quantized engine {engine!r} is not available in this torch build '
@@ -238,6 +262,8 @@ def quantize_network(net: nn.Module, calibration: Sequence[torch.Tensor] | torch
     if not batches or sum(int(b.shape[0]) for b in batches) == 0:
         raise ConfigError('quantization needs at least one calibration frame')
     net = static_same_padding(copy.deepcopy(net).to('cpu').float().eval(), crop)
+    if hasattr(net, 'forward_with_feature'):
+        net = PoseAndFeature(net)  # FX follows forward: quantize the pose-and-feature pass
     mapping = get_mapping(engine)
     skip = FP32_ALWAYS + (FP32_HEAD if fp32_head else ())
     if _feature_side(net, crop) == 1:
@@ -352,14 +378,14 @@ def quantize_export(model_path: str | Path, calibration, out_path: str | Path | 
     calib = _batches(_preprocess(module, images))
     qnet = quantize_network(net, calib, crop, fp32_head=fp32_head, engine=engine)
     pn = meta['position_normalization']
-    wrapped = ExportedPoseNet(qnet, resize, crop, inp['mean'], inp['std'], pn['mean'],
-                              float(pn['scale'])).eval()
+    wrapped = ExportedPoseNet(Int8PoseAndFeature(qnet), resize, crop, inp['mean'], inp['std'],
+                              pn['mean'], float(pn['scale'])).eval()
     model_id = model_id_of(wrapped, backbone)
     with _quiet(), torch.no_grad():
         warnings.simplefilter('ignore', FutureWarning)  # torch.jit deprecation notice
         # FX quantized graphs are traceable but not scriptable; the traced network has no
         # shape-dependent code (the input is always the crop) and runs any batch size.
-        wrapped.net = torch.jit.trace(qnet, calib[0][:1], check_trace=False)
+        wrapped.net.pair = torch.jit.trace(qnet, calib[0][:1], check_trace=False)
     new_meta = copy.deepcopy(meta)
     new_meta.update({
         'model_id': model_id,

@@ -1,15 +1,13 @@
 """Load an exported PoseNet (``.ts`` / ``.pt2``) and predict camera poses. No ROS needed.
 
+The model runtime: loading, device, warm-up and one network pass per frame.
+:class:`posenet_ros.localizer.Localizer` builds the frame pipeline (base pose, covariances,
+verification against the scene map) on top of it.
+
 >>> reloc = Relocalizer('models/scene.ts', device='auto')
 >>> pred = reloc.predict(rgb_uint8_hxwx3)
 >>> pred.position, pred.quaternion_wxyz   # T_map_cam: camera centre, camera-to-map rotation
-
-With a scene map (``posenet-ros map``), :meth:`Relocalizer.relocalize` also verifies and refines
-the pose (see ``posenet_ros.verify`` and ``docs/verification.md``):
-
->>> reloc = Relocalizer('models/scene.ts', scene_map='models/scene.map.npz')
->>> result = reloc.relocalize(rgb_uint8_hxwx3, K)   # K: 3x3 intrinsics of this frame
->>> result.coarse.position, result.verification.status, result.verification.position
+>>> pred.feature                          # (D,) retrieval feature of the same pass, or None
 
 Command line: ``posenet-ros predict MODEL IMAGE... [--device cpu]`` prints one line per image.
 """
@@ -35,9 +33,15 @@ from posenet_ros.core.errors import (
     NonFiniteOutputError,
     PoseNetError,
 )
-from posenet_ros.model.export import OUTPUT_COLUMNS, load_file, quantization_of, read_metadata
+from posenet_ros.model.export import (
+    OUTPUT_COLUMNS,
+    feature_dim_of,
+    load_file,
+    quantization_of,
+    read_metadata,
+)
 
-__all__ = ['Prediction', 'Relocalization', 'Relocalizer', 'resolve_device', 'main']
+__all__ = ['Prediction', 'Relocalizer', 'resolve_device', 'main']
 
 # A raw quaternion norm below this means the network output no usable rotation.
 MIN_RAW_QNORM = 1e-6
@@ -90,27 +94,16 @@ class Prediction:
 
     ``position`` (3,) float64, metres, camera centre in the map frame; ``quaternion_wxyz`` (4,)
     float64 unit camera-to-map rotation with w >= 0; ``raw_quat_norm``: norm of the network's
-    quaternion before normalisation (out-of-distribution signal); ``latency_ms``: model time.
+    quaternion before normalisation (out-of-distribution signal); ``latency_ms``: model time;
+    ``feature`` (D,) float32: the retrieval feature of the same network pass (None for exports
+    written before the export returned it).
     """
 
     position: np.ndarray
     quaternion_wxyz: np.ndarray
     raw_quat_norm: float
     latency_ms: float
-
-
-@dataclass
-class Relocalization:
-    """A coarse PoseNet prediction and its verification against the scene map.
-
-    ``verification`` is a :class:`posenet_ros.verify.Verification`: ``status`` ``verified``
-    (use ``verification.position`` / ``quaternion_wxyz`` / ``covariance``), ``unverified``
-    (only the coarse pose, unconfirmed) or ``rejected``; ``reason`` says why.
-    """
-
-    coarse: Prediction
-    verification: object
-    global_feature_ms: float = 0.0
+    feature: np.ndarray | None = None
 
 
 def _frame_error(what: str, got) -> InvalidFrameError:
@@ -155,6 +148,13 @@ def _to_tensor(frames) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
+def _split_output(out) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(pose (B, 8), feature (B, D) or None)`` of an export's output (see model.export)."""
+    if isinstance(out, (tuple, list)):
+        return out[0], out[1]
+    return out, None  # an export written before the feature output
+
+
 class Relocalizer:
     """An exported PoseNet ready to predict on ``device``.
 
@@ -195,84 +195,77 @@ class Relocalizer:
                 warnings.filterwarnings('ignore', message=r'.*torch\.jit\.freeze',
                                         category=FutureWarning)
                 self.model = torch.jit.freeze(self.model)
+        self._warm_up(warmup, warmup_size)
+        self._localizer = None  # the frame pipeline behind attach_map / verify
+        if scene_map is not None:
+            self.attach_map(scene_map, verifier_config)
+
+    def _warm_up(self, warmup: int, warmup_size: tuple[int, int] | None) -> None:
+        """Run dummy frames; check the output layout and learn whether it has a feature."""
         resize = int(self.metadata['input']['resize'])
         h, w = warmup_size or (resize, (resize * 4) // 3)
         dummy = torch.full((1, int(h), int(w), 3), 127, dtype=torch.uint8, device=self.device)
         for i in range(max(1, int(warmup))):
-            out = self._run(dummy)
-            if i == 0 and tuple(out.shape) != (1, len(OUTPUT_COLUMNS)):
-                raise IncompatibleModelError(
-                    f'{self.path}: model output has shape {tuple(out.shape)}, expected '
-                    f'(1, {len(OUTPUT_COLUMNS)}); re-export it with posenet_ros')
-        self.localizer = None
-        self._global = None
-        if scene_map is not None:
-            self.attach_map(scene_map, verifier_config)
+            pose, feature = _split_output(self._run(dummy))
+            if i == 0:
+                self._check_output(pose, feature)
+        # Length of the retrieval feature each prediction carries; 0: the export has none
+        # (written before the export returned it: re-export to get retrieval back).
+        self.feature_dim: int = 0 if feature is None else int(feature.shape[1])
 
+    def _check_output(self, pose: torch.Tensor, feature: torch.Tensor | None) -> None:
+        if tuple(pose.shape) != (1, len(OUTPUT_COLUMNS)):
+            raise IncompatibleModelError(
+                f'{self.path}: model output has shape {tuple(pose.shape)}, expected '
+                f'(1, {len(OUTPUT_COLUMNS)}); re-export it with posenet_ros')
+        want = feature_dim_of(self.metadata)
+        got = None if feature is None else tuple(feature.shape)
+        if feature is not None and (feature.dim() != 2 or feature.shape[0] != 1
+                                    or (want is not None and feature.shape[1] != want)):
+            raise IncompatibleModelError(
+                f'{self.path}: model feature output has shape {got}, the metadata says '
+                f'(1, {want}); re-export it with posenet_ros')
+        if feature is None and want is not None:
+            raise IncompatibleModelError(
+                f'{self.path}: the metadata promises a {want}-d feature output but the model '
+                'returns the pose only; re-export it with posenet_ros')
+
+    # --- per-frame verification for callers that predict frame by frame ----------------------
     def attach_map(self, scene_map, config=None) -> None:
-        """Use ``scene_map`` (a path or :class:`~posenet_ros.verify.SceneMap`) to verify poses.
+        """Use ``scene_map`` (a path or :class:`~posenet_ros.verify.SceneMap`) in :meth:`verify`.
 
-        Raises a :class:`~posenet_ros.core.errors.MapError` subclass when the file is missing,
-        corrupt, of another version, or built for another model id.
+        A thin wrapper over :meth:`posenet_ros.localizer.Localizer.attach_map` (which raises a
+        :class:`~posenet_ros.core.errors.MapError` subclass for a missing, corrupt or foreign
+        map); new code uses the :class:`~posenet_ros.localizer.Localizer` directly.
         """
-        from posenet_ros.verify import MapLocalizer, SceneMap, load_map
+        from posenet_ros.localizer import Localizer
 
-        if not isinstance(scene_map, SceneMap):
-            scene_map = load_map(scene_map)
-        scene_map.check_model(self.model_id, self.path)
-        self.localizer = MapLocalizer(scene_map, config)
-        self._global = None
-        if scene_map.frame_global.size and self.quantization is None:
-            from posenet_ros.evaluation.baselines import network_feature_extractor
+        self._localizer = Localizer(self, scene_map=scene_map, verifier_config=config)
 
-            module = self.loaded_module if self.format == 'ts' else None
-            self._global = network_feature_extractor(self.path, str(self.device), module)
+    @property
+    def map_localizer(self):
+        """The attached map's :class:`~posenet_ros.verify.MapLocalizer`, or None."""
+        return None if self._localizer is None else self._localizer.map_localizer
 
-    def global_feature(self, frame) -> np.ndarray | None:
-        """The network's retrieval feature (D,) of one frame, or None without a map/features."""
-        if self._global is None:
-            return None
-        return self._global([np.asarray(frame)])[0]
-
-    def verify(self, frame, K=None, position=None, quaternion_wxyz=None):
+    def verify(self, frame, K=None, position=None, quaternion_wxyz=None, global_feature=None):
         """Verify one frame against the attached map near a pose; a ``Verification``.
 
-        The one verification call of ``relocalize``, offline evaluation and the node: the
-        network's retrieval feature of ``frame``, then ``MapLocalizer.localize`` with the k map
-        frames nearest ``position`` / ``quaternion_wxyz`` (the coarse pose or a prior) and the
-        nearest in feature space. ``K``: 3x3 intrinsics (default: the map's, scaled).
+        ``global_feature``: the frame's retrieval feature from its :meth:`predict` (without it,
+        and when the map has features, the network runs once more for it). Prefer
+        :meth:`posenet_ros.localizer.Localizer.verify`, which carries the feature over.
         """
         from posenet_ros.core.errors import MapError
 
-        if self.localizer is None:
+        if self._localizer is None:
             raise MapError('no scene map attached; pass scene_map= (build one with '
                            "'posenet-ros map --model MODEL')")
         frame = np.asarray(frame)
-        return self.localizer.localize(frame, K, position, quaternion_wxyz,
-                                       self.global_feature(frame))
+        if global_feature is None and self._localizer.uses_features:
+            global_feature = self.predict(frame).feature
+        return self._localizer.map_localizer.localize(frame, K, position, quaternion_wxyz,
+                                                      global_feature)
 
-    def relocalize(self, frame, K=None, prior=None) -> Relocalization:
-        """Coarse pose plus its verification/refinement against the attached map.
-
-        ``K``: 3x3 intrinsics of ``frame`` (default: the map's, scaled to the frame size).
-        ``prior``: optional ``(position, quaternion_wxyz)`` used instead of the coarse pose to
-        choose candidate map frames (e.g. the last verified pose).
-        """
-        from posenet_ros.core.errors import MapError
-
-        if self.localizer is None:
-            raise MapError('no scene map attached; pass scene_map= (build one with '
-                           "'posenet-ros map --model MODEL')")
-        frame = np.asarray(frame)
-        coarse = self.predict(frame)
-        p, q = prior if prior is not None else (coarse.position, coarse.quaternion_wxyz)
-        t0 = time.perf_counter()
-        ver = self.verify(frame, K, p, q)
-        # what verify spent outside localize is the network feature pass
-        g_ms = (time.perf_counter() - t0) * 1e3 - ver.ms.get('total', 0.0)
-        return Relocalization(coarse, ver, g_ms)
-
-    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+    def _run(self, batch: torch.Tensor):
         with torch.inference_mode():
             return self.model(batch)
 
@@ -296,9 +289,10 @@ class Relocalizer:
         if batch.device != self.device:
             batch = batch.to(self.device, non_blocking=True)
         t0 = time.perf_counter()
-        out = self._run(batch)
+        out, feature = _split_output(self._run(batch))
         # .cpu() synchronises with the device: the latency covers the whole model.
         result = out.to('cpu', torch.float64).numpy()
+        features = None if feature is None else feature.to('cpu', torch.float32).numpy()
         ms = (time.perf_counter() - t0) * 1000.0 / batch.shape[0]
         preds = []
         for i, row in enumerate(result):
@@ -310,7 +304,8 @@ class Relocalizer:
                 raise NonFiniteOutputError(
                     f'model {self.model_id} produced a degenerate quaternion (norm {row[7]:.3g}) '
                     f'for frame {i}; the frame is far outside the training distribution')
-            preds.append(Prediction(row[:3].copy(), row[3:7].copy(), float(row[7]), ms))
+            preds.append(Prediction(row[:3].copy(), row[3:7].copy(), float(row[7]), ms,
+                                    None if features is None else features[i]))
         return preds
 
     def predict(self, frame) -> Prediction:

@@ -16,7 +16,7 @@ from typing import Any
 from posenet_ros.core.transforms import QUAT_TOLERANCE, extrinsic_problem
 
 __all__ = ['ParamSpec', 'PARAMS', 'SPECS', 'defaults', 'normalize', 'validate', 'descriptor',
-           'extrinsic_problem', 'QUAT_TOLERANCE']
+           'extrinsic_problem', 'QUAT_TOLERANCE', 'declare']
 
 TF_MODES = ('camera', 'map_to_odom', 'none')
 TRANSPORTS = ('raw', 'compressed')
@@ -222,3 +222,47 @@ def descriptor(spec: ParamSpec):
         desc.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max),
                                            step=1)]
     return desc
+
+
+def declare(node) -> dict:
+    """Declare every parameter on ``node`` and return the validated values.
+
+    Raises :class:`~posenet_ros.core.errors.ConfigError` for a wrong type or value and
+    :class:`~posenet_ros.core.errors.ModelNotFoundError` for a missing model file (checked
+    here, before torch is imported); unknown parameters (typos) are logged.
+    """
+    from pathlib import Path
+
+    from rclpy.parameter import Parameter
+
+    from posenet_ros.core.errors import ConfigError, ModelNotFoundError
+
+    cfg = {}
+    for spec in PARAMS:
+        # An empty list default (camera_in_base: unset) has no element type: rclpy would
+        # make it a byte array, so declare the type and let the value be unset.
+        default = Parameter.Type.DOUBLE_ARRAY if spec.default == [] else spec.default
+        try:
+            param = node.declare_parameter(spec.name, default, descriptor(spec))
+        except Exception as exc:  # rclpy: wrong type / out of range in a params file
+            hint = (' (write doubles with a decimal point, e.g. 3.0 or [0.0, 1.0])'
+                    if isinstance(spec.default, (float, list)) else '')
+            raise ConfigError(f'parameter {spec.name}: {exc}{hint}') from exc
+        value = [] if param.value is None and spec.default == [] else param.value
+        cfg[spec.name] = normalize(spec.name, value)
+    for name, value in cfg.items():
+        reason = validate(name, value)
+        if reason:
+            raise ConfigError(f'invalid parameter: {reason}')
+    if not cfg['model_path']:
+        raise ConfigError('parameter model_path is empty: pass the exported model, e.g. '
+                          '--ros-args -p model_path:=/path/to/model.ts')
+    if not Path(cfg['model_path']).expanduser().is_file():
+        raise ModelNotFoundError(f'model file {cfg["model_path"]} (parameter model_path) does '
+                                 'not exist; export one with posenet-ros train or fix the path')
+    cfg['model_path'] = str(Path(cfg['model_path']).expanduser())
+    overrides = getattr(node, '_parameter_overrides', {}) or {}
+    unknown = sorted(set(overrides) - set(SPECS) - {'use_sim_time'})
+    if unknown:
+        node.get_logger().warning(f'ignoring unknown parameters (typo?): {", ".join(unknown)}')
+    return cfg

@@ -4,7 +4,8 @@
 7-Scenes, rosbag2; by default the training set recorded in the export), then
 
 1. extracts local features (SIFT by default, ``--features orb`` for speed) of every frame,
-2. computes the network's global (retrieval) feature of every frame,
+2. computes the network's global (retrieval) feature of every frame (the export's feature
+   output, the same pass a query frame gets at run time),
 3. chooses covisible pairs from the known poses (:mod:`~posenet_ros.verify.pairs`),
 4. matches each pair (mutual ratio test) and keeps matches within ``epipolar_px`` of the
    epipolar line given by the known relative pose (Sampson distance),
@@ -126,45 +127,30 @@ def _load_frames(dataset, split, kind, model_meta):
     return samples, str(dataset), split
 
 
-def build_map(model, out=None, *, dataset=None, split: str = 'train', dataset_kind: str = 'auto',
-              intrinsics=None, config: MapConfig | None = None, device: str = 'cpu',
-              global_features: bool = True, progress: bool = True) -> tuple[Path, dict]:
-    """Build the map of ``dataset`` for the export ``model``; returns (path, header).
+def _feature_model(model: Path, device: str, enabled: bool):
+    """The export as loaded for inference, when it gives the map its retrieval features."""
+    if not enabled:
+        return None
+    from posenet_ros.model.relocalizer import Relocalizer
 
-    ``out`` defaults to ``<model stem>.map.npz`` beside the export. ``intrinsics``: a 3x3 K
-    for every frame (overrides the dataset's). ``global_features=False`` stores no network
-    features (candidate selection then uses the coarse pose only).
+    reloc = Relocalizer(model, device, warmup=1)
+    if not reloc.feature_dim:
+        log.warning('%s returns no retrieval feature (exported before the export returned '
+                    'one); the map gets none and candidate frames are chosen by the coarse '
+                    'pose only: re-export the model to get retrieval', model)
+        return None
+    return reloc
+
+
+def _frame_features(samples, K, cfg: MapConfig, steps, reloc):
+    """Local features, image sizes and (with ``reloc``) retrieval features of every frame.
+
+    The retrieval feature is the export's own feature output, the pass a query frame gets at
+    run time, so map and query features live in one space.
     """
-    from posenet_ros.core.errors import ModelNotFoundError
     from posenet_ros.datasets import load_image
-    from posenet_ros.model.export import read_metadata
 
-    cfg = config or MapConfig()
-    if cfg.feature not in FEATURE_KINDS:
-        raise MapBuildError(f'unknown feature {cfg.feature!r}; choose one of {FEATURE_KINDS}')
-    model = Path(model)
-    if not model.is_file():
-        raise ModelNotFoundError(f'model file {model} does not exist; export one with '
-                                 "'posenet-ros train' or pass the right path")
-    meta = read_metadata(model)
-    out = Path(out) if out else default_map_path(model)
-    t_start = time.perf_counter()
-    samples, source, split = _load_frames(dataset, split, dataset_kind, meta)
-    K = _frame_intrinsics(samples, intrinsics, source)
-    steps = _Steps(progress)
-    timings = {}
-
-    # 1. local features (and image sizes)
-    t0 = time.perf_counter()
     feats, sizes, globals_ = [], [], []
-    extractor = None
-    if global_features:
-        from posenet_ros.evaluation.baselines import network_feature_extractor
-
-        extractor = network_feature_extractor(model, device)
-        if extractor is None:
-            log.warning('%s exposes no network features; the map gets none (candidate '
-                        'frames are then chosen by the coarse pose only)', model)
     for s, k in steps(zip(samples, K), 'local and global features', len(samples)):
         img = load_image(s)
         h, w = img.shape[:2]
@@ -175,21 +161,13 @@ def build_map(model, out=None, *, dataset=None, split: str = 'train', dataset_ki
                 '--intrinsics fx,fy,cx,cy for the stored images')
         sizes.append((w, h))
         feats.append(extract_features(img, cfg.feature, cfg.max_features))
-        if extractor is not None:
-            globals_.append(extractor([img])[0])
-    timings['features_s'] = time.perf_counter() - t0
+        if reloc is not None:
+            globals_.append(reloc.predict(img).feature)
+    return feats, sizes, globals_
 
-    # 2. pairs and matches
-    t0 = time.perf_counter()
-    pos = np.stack([s.position for s in samples])
-    quat = np.stack([s.quaternion for s in samples])
-    T = np.stack([s.matrix for s in samples])  # T_map_cam per frame
-    pairs = select_pairs(pos, quat, cfg.max_view_angle_deg, cfg.ranks)
-    if not len(pairs):
-        raise MapBuildError(f'no covisible frame pairs among the {len(samples)} frames of '
-                            f'{source}: map with more frames, or frames that look at the same '
-                            'places (optical axes within '
-                            f'{cfg.max_view_angle_deg:.0f} deg)')
+
+def _geometric_matches(feats, T, K, pairs, cfg: MapConfig, steps):
+    """``({(i, j): matches (M, 2)}, raw match count)``: matches on their epipolar lines."""
     matches = {}
     n_raw = 0
     cache: dict[int, np.ndarray] = {}
@@ -212,54 +190,123 @@ def build_map(model, out=None, *, dataset=None, split: str = 'train', dataset_ki
         m = m[d <= cfg.epipolar_px]
         if len(m):
             matches[(int(i), int(j))] = m
-    timings['matching_s'] = time.perf_counter() - t0
+    return matches, n_raw
 
-    # 3. triangulation
-    t0 = time.perf_counter()
-    tracks = triangulate_tracks([f.xy for f in feats], T, K, matches, min_views=cfg.min_views,
-                                min_angle_deg=cfg.min_angle_deg,
-                                max_reproj_px=cfg.max_reproj_px)
-    timings['triangulation_s'] = time.perf_counter() - t0
-    n_pts = len(tracks.points)
-    if n_pts < cfg.min_points:
-        raise MapBuildError(
-            f'only {n_pts} points triangulated from {len(samples)} frames of {source} '
-            f'({len(pairs)} pairs, {tracks.stats["matches"]} geometric matches; at least '
-            f'{cfg.min_points} needed). Check the poses and intrinsics (a wrong K or pose '
-            'convention leaves no match on its epipolar line), map more frames with wider '
-            'baselines, or relax --min-angle / --epipolar-px')
 
-    # 4. per-frame observations, sorted by frame
+def _observations(tracks, feats, n_frames: int):
+    """Per-frame observations sorted by frame: ``(offsets, xy, desc, point ids)``."""
     order = np.lexsort((tracks.obs_kp, tracks.obs_frame))
     of, ok_, op = tracks.obs_frame[order], tracks.obs_kp[order], tracks.obs_point[order]
     width = feats[0].desc.shape[1]
     obs_xy = np.zeros((len(of), 2), np.float32)
     obs_desc = np.zeros((len(of), width), np.uint8)
-    offsets = np.searchsorted(of, np.arange(len(samples) + 1)).astype(np.int64)
+    offsets = np.searchsorted(of, np.arange(n_frames + 1)).astype(np.int64)
     for f in np.flatnonzero(np.diff(offsets)):  # sorted by frame: each frame's rows are a slice
         rows = slice(offsets[f], offsets[f + 1])
         obs_xy[rows] = feats[f].xy[ok_[rows]]
         obs_desc[rows] = feats[f].desc[ok_[rows]]
-    names = [s.name for s in samples]
-    header = {
+    return offsets, obs_xy, obs_desc, op
+
+
+def _check_points(tracks, cfg: MapConfig, n_frames: int, n_pairs: int, source: str) -> None:
+    n_pts = len(tracks.points)
+    if n_pts < cfg.min_points:
+        raise MapBuildError(
+            f'only {n_pts} points triangulated from {n_frames} frames of {source} '
+            f'({n_pairs} pairs, {tracks.stats["matches"]} geometric matches; at least '
+            f'{cfg.min_points} needed). Check the poses and intrinsics (a wrong K or pose '
+            'convention leaves no match on its epipolar line), map more frames with wider '
+            'baselines, or relax --min-angle / --epipolar-px')
+
+
+def _header(meta, model: Path, source, split, cfg, names, pos, offsets, tracks, extra) -> dict:
+    """The map header: provenance, configuration and statistics."""
+    return {
         'model_id': str(meta['model_id']), 'model_file': model.name,
         'backbone': meta.get('backbone'), 'dataset': source, 'split': split,
         'feature': cfg.feature,
-        'global_feature': extractor.description if extractor is not None else None,
+        'global_feature': extra['global_feature'],
         'config': {k: (list(v) if isinstance(v, tuple) else v)
                    for k, v in vars(cfg).items()},
         'frames_fingerprint': frames_fingerprint(names, pos), 'frame_names': names,
-        'intrinsics_source': 'flag --intrinsics' if intrinsics is not None else 'dataset',
+        'intrinsics_source': extra['intrinsics_source'],
         'stats': {
-            'frames': len(samples), 'pairs': int(len(pairs)), 'raw_matches': int(n_raw),
+            'frames': len(names), 'pairs': extra['pairs'], 'raw_matches': extra['raw_matches'],
             **tracks.stats,
             'frames_with_points': int(np.sum(np.diff(offsets) > 0)),
             'median_track_views': float(np.median(tracks.n_views)),
             'median_angle_deg': float(np.median(tracks.angle_deg)),
             'median_max_error_px': float(np.median(tracks.max_error_px)),
         },
-        'timings_s': {k: round(v, 3) for k, v in timings.items()},
+        'timings_s': {k: round(v, 3) for k, v in extra['timings'].items()},
     }
+
+
+def _open_model(model) -> tuple[Path, dict]:
+    from posenet_ros.core.errors import ModelNotFoundError
+    from posenet_ros.model.export import read_metadata
+
+    model = Path(model)
+    if not model.is_file():
+        raise ModelNotFoundError(f'model file {model} does not exist; export one with '
+                                 "'posenet-ros train' or pass the right path")
+    return model, read_metadata(model)
+
+
+def build_map(model, out=None, *, dataset=None, split: str = 'train', dataset_kind: str = 'auto',
+              intrinsics=None, config: MapConfig | None = None, device: str = 'cpu',
+              global_features: bool = True, progress: bool = True) -> tuple[Path, dict]:
+    """Build the map of ``dataset`` for the export ``model``; returns (path, header).
+
+    ``out`` defaults to ``<model stem>.map.npz`` beside the export. ``intrinsics``: a 3x3 K
+    for every frame (overrides the dataset's). ``global_features=False`` stores no network
+    features (candidate selection then uses the coarse pose only).
+    """
+    from posenet_ros.model.export import FEATURE_SPACE
+
+    cfg = config or MapConfig()
+    if cfg.feature not in FEATURE_KINDS:
+        raise MapBuildError(f'unknown feature {cfg.feature!r}; choose one of {FEATURE_KINDS}')
+    model, meta = _open_model(model)
+    out = Path(out) if out else default_map_path(model)
+    t_start = time.perf_counter()
+    samples, source, split = _load_frames(dataset, split, dataset_kind, meta)
+    K = _frame_intrinsics(samples, intrinsics, source)
+    steps = _Steps(progress)
+    timings = {}
+
+    t0 = time.perf_counter()
+    reloc = _feature_model(model, device, global_features)
+    feats, sizes, globals_ = _frame_features(samples, K, cfg, steps, reloc)
+    timings['features_s'] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    pos = np.stack([s.position for s in samples])
+    quat = np.stack([s.quaternion for s in samples])
+    T = np.stack([s.matrix for s in samples])  # T_map_cam per frame
+    pairs = select_pairs(pos, quat, cfg.max_view_angle_deg, cfg.ranks)
+    if not len(pairs):
+        raise MapBuildError(f'no covisible frame pairs among the {len(samples)} frames of '
+                            f'{source}: map with more frames, or frames that look at the same '
+                            'places (optical axes within '
+                            f'{cfg.max_view_angle_deg:.0f} deg)')
+    matches, n_raw = _geometric_matches(feats, T, K, pairs, cfg, steps)
+    timings['matching_s'] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    tracks = triangulate_tracks([f.xy for f in feats], T, K, matches, min_views=cfg.min_views,
+                                min_angle_deg=cfg.min_angle_deg,
+                                max_reproj_px=cfg.max_reproj_px)
+    timings['triangulation_s'] = time.perf_counter() - t0
+    _check_points(tracks, cfg, len(samples), len(pairs), source)
+
+    offsets, obs_xy, obs_desc, op = _observations(tracks, feats, len(samples))
+    header = _header(meta, model, source, split, cfg, [s.name for s in samples], pos, offsets,
+                     tracks, {'global_feature': FEATURE_SPACE if globals_ else None,
+                              'intrinsics_source': ('flag --intrinsics' if intrinsics is not None
+                                                    else 'dataset'),
+                              'pairs': int(len(pairs)), 'raw_matches': int(n_raw),
+                              'timings': timings})
     gdim = len(globals_[0]) if globals_ else 0
     scene_map = SceneMap(
         header=header, frame_position=pos, frame_quaternion=quat, frame_K=K,

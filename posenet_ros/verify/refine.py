@@ -212,6 +212,68 @@ class MapLocalizer:
         seen = set()
         return [i for i in out if not (i in seen or seen.add(i))]
 
+    # -- stages -------------------------------------------------------------------------------
+    def _correspondences(self, q, cand: list[int]) -> np.ndarray:
+        """``(M, 2)`` unique (query keypoint, map point) pairs against the candidate frames."""
+        qd = matcher_descriptors(q.desc, self.kind)
+        rows = np.concatenate([np.arange(self.map.frame_offsets[f], self.map.frame_offsets[f + 1])
+                               for f in cand]) if cand else np.zeros(0, np.int64)
+        if len(rows) < 2:
+            return np.zeros((0, 2), np.int64)
+        db = np.concatenate([self._frame_desc(f) for f in cand])
+        pid = self.map.obs_point[rows]
+        # one product against every candidate observation; the ratio test's second
+        # neighbour must be another 3D point (a point seen in several candidates is not
+        # ambiguous with itself)
+        m = match_descriptors(qd, db, self.kind, self.cfg.ratio, mutual=True, labels2=pid)
+        return np.unique(np.stack([m[:, 0], pid[m[:, 1]]], axis=1), axis=0)
+
+    def _pnp(self, obj: np.ndarray, img: np.ndarray, K: np.ndarray):
+        """RANSAC + LM pose; ``None`` or ``(rvec, tvec, inliers, errors, n behind)``.
+
+        Inliers of the refined pose: small reprojection error AND in front of the camera.
+        """
+        c = self.cfg
+        ok, rvec, tvec, inl = cv2.solvePnPRansac(
+            obj, img, K, None, iterationsCount=c.pnp_iterations,
+            reprojectionError=c.pnp_threshold_px, confidence=c.pnp_confidence,
+            flags=cv2.USAC_MAGSAC)
+        if not ok or inl is None or len(inl) < 4:
+            return None
+        inl = inl.reshape(-1)
+        rvec, tvec = cv2.solvePnPRefineLM(obj[inl], img[inl], K, None, rvec, tvec)
+        R = cv2.Rodrigues(rvec)[0]
+        depth = obj @ R[2] + float(np.ravel(tvec)[2])
+        proj = cv2.projectPoints(obj, rvec, tvec, K, None)[0].reshape(-1, 2)
+        err = np.linalg.norm(proj - img, axis=1)
+        close = err <= c.pnp_threshold_px
+        behind = int(np.sum(close & (depth <= 0)))
+        return rvec, tvec, np.flatnonzero(close & (depth > 0)), err, behind
+
+    def _problems(self, T, cov, n_in, behind, ratio, rms, spread, position) -> list[str]:
+        """The decision rule's reasons to reject a solved pose (empty: verified)."""
+        c = self.cfg
+        sigma = float(np.sqrt(np.max(np.diag(cov)[:3]))) if np.all(np.isfinite(cov)) else np.inf
+        problems = []
+        if not (np.all(np.isfinite(T)) and np.all(np.isfinite(cov))):
+            problems.append('non-finite pose or covariance')
+        if behind > 0.1 * n_in:
+            problems.append(f'{behind} matched points behind the camera')
+        if ratio < c.min_inlier_ratio:
+            problems.append(f'inlier ratio {ratio:.2f} < {c.min_inlier_ratio}')
+        if not rms <= c.max_rms_px:
+            problems.append(f'reprojection RMS {rms:.2f} px > {c.max_rms_px}')
+        if spread < c.min_spread:
+            problems.append(f'inliers clustered or collinear (spread {spread:.3f} < '
+                            f'{c.min_spread})')
+        if not sigma <= c.max_position_sigma_m:
+            problems.append(f'position sigma {sigma:.3f} m > {c.max_position_sigma_m}')
+        if c.max_coarse_deviation_m is not None and position is not None:
+            dev = float(np.linalg.norm(T[:3, 3] - np.asarray(position)))
+            if dev > c.max_coarse_deviation_m:
+                problems.append(f'{dev:.2f} m from the coarse pose > {c.max_coarse_deviation_m}')
+        return problems
+
     # -- main entry ---------------------------------------------------------------------------
     def localize(self, frame: np.ndarray, K: np.ndarray | None = None, position=None,
                  quaternion_wxyz=None, global_feature=None) -> Verification:
@@ -237,18 +299,7 @@ class MapLocalizer:
                                     'covered or blurred frame')
         t0 = time.perf_counter()
         cand = self.candidates(position, quaternion_wxyz, global_feature)
-        qd = matcher_descriptors(q.desc, self.kind)
-        rows = np.concatenate([np.arange(self.map.frame_offsets[f], self.map.frame_offsets[f + 1])
-                               for f in cand]) if cand else np.zeros(0, np.int64)
-        corr = np.zeros((0, 2), np.int64)
-        if len(rows) >= 2:
-            db = np.concatenate([self._frame_desc(f) for f in cand])
-            pid = self.map.obs_point[rows]
-            # one product against every candidate observation; the ratio test's second
-            # neighbour must be another 3D point (a point seen in several candidates is not
-            # ambiguous with itself)
-            m = match_descriptors(qd, db, self.kind, c.ratio, mutual=True, labels2=pid)
-            corr = np.unique(np.stack([m[:, 0], pid[m[:, 1]]], axis=1), axis=0)
+        corr = self._correspondences(q, cand)
         ms['matching'] = (time.perf_counter() - t0) * 1e3
         n_m = len(corr)
         if n_m < c.min_matches:
@@ -258,24 +309,12 @@ class MapLocalizer:
         t0 = time.perf_counter()
         obj = self.map.points[corr[:, 1]].astype(np.float64)
         img = q.xy[corr[:, 0]].astype(np.float64)
-        ok, rvec, tvec, inl = cv2.solvePnPRansac(
-            obj, img, K, None, iterationsCount=c.pnp_iterations,
-            reprojectionError=c.pnp_threshold_px, confidence=c.pnp_confidence,
-            flags=cv2.USAC_MAGSAC)
+        solved = self._pnp(obj, img, K)
         common = {'n_matches': n_m, 'candidates': cand}
-        if not ok or inl is None or len(inl) < 4:
+        if solved is None:
             ms['pnp'] = (time.perf_counter() - t0) * 1e3
             return done('unverified', 'PnP + RANSAC found no pose', **common)
-        inl = inl.reshape(-1)
-        rvec, tvec = cv2.solvePnPRefineLM(obj[inl], img[inl], K, None, rvec, tvec)
-        # inliers of the refined pose: small reprojection error AND in front of the camera
-        R = cv2.Rodrigues(rvec)[0]
-        depth = obj @ R[2] + float(np.ravel(tvec)[2])
-        proj = cv2.projectPoints(obj, rvec, tvec, K, None)[0].reshape(-1, 2)
-        err = np.linalg.norm(proj - img, axis=1)
-        close = err <= c.pnp_threshold_px
-        behind = int(np.sum(close & (depth <= 0)))
-        inl = np.flatnonzero(close & (depth > 0))
+        rvec, tvec, inl, err, behind = solved
         n_in = len(inl)
         ratio = n_in / n_m
         rms = float(np.sqrt(np.mean(err[inl] ** 2))) if n_in else float('nan')
@@ -291,30 +330,11 @@ class MapLocalizer:
         except np.linalg.LinAlgError:
             cov = np.full((6, 6), np.nan)
         T = _pose_of(rvec, tvec)
-        pts = img[inl]
-        evals = np.linalg.eigvalsh(np.cov(pts.T)) if n_in > 2 else np.zeros(2)
+        evals = np.linalg.eigvalsh(np.cov(img[inl].T)) if n_in > 2 else np.zeros(2)
         spread = float(np.sqrt(max(evals.min(), 0.0)) / min(w, h))
         ms['pnp'] = (time.perf_counter() - t0) * 1e3
         common['spread'] = spread
-        sigma = float(np.sqrt(np.max(np.diag(cov)[:3]))) if np.all(np.isfinite(cov)) else np.inf
-        problems = []
-        if not (np.all(np.isfinite(T)) and np.all(np.isfinite(cov))):
-            problems.append('non-finite pose or covariance')
-        if behind > 0.1 * n_in:
-            problems.append(f'{behind} matched points behind the camera')
-        if ratio < c.min_inlier_ratio:
-            problems.append(f'inlier ratio {ratio:.2f} < {c.min_inlier_ratio}')
-        if not rms <= c.max_rms_px:
-            problems.append(f'reprojection RMS {rms:.2f} px > {c.max_rms_px}')
-        if spread < c.min_spread:
-            problems.append(f'inliers clustered or collinear (spread {spread:.3f} < '
-                            f'{c.min_spread})')
-        if not sigma <= c.max_position_sigma_m:
-            problems.append(f'position sigma {sigma:.3f} m > {c.max_position_sigma_m}')
-        if c.max_coarse_deviation_m is not None and position is not None:
-            dev = float(np.linalg.norm(T[:3, 3] - np.asarray(position)))
-            if dev > c.max_coarse_deviation_m:
-                problems.append(f'{dev:.2f} m from the coarse pose > {c.max_coarse_deviation_m}')
+        problems = self._problems(T, cov, n_in, behind, ratio, rms, spread, position)
         if problems:
             return done('rejected', '; '.join(problems), **common)
         return done('verified', f'{n_in} inliers ({ratio:.0%}), RMS {rms:.2f} px',

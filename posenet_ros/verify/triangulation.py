@@ -117,25 +117,8 @@ def _dlt(P: np.ndarray, xn: np.ndarray) -> np.ndarray:
         return X[:, :3] / X[:, 3:4]
 
 
-def triangulate_tracks(xy: list[np.ndarray], T_map_cam: np.ndarray, K: np.ndarray,
-                       matches: dict[tuple[int, int], np.ndarray], *, min_views: int = 3,
-                       min_angle_deg: float = 2.0, max_reproj_px: float = 2.0) -> Tracks:
-    """Triangulate the tracks of pairwise ``matches`` ``{(i, j): (M, 2) kp indices}``.
-
-    ``xy``: keypoints (N_i, 2) per frame; ``T_map_cam`` (F, 4, 4); ``K`` (F, 3, 3).
-    """
-    n_frames = len(xy)
-    offsets = np.concatenate([[0], np.cumsum([len(a) for a in xy])]).astype(np.int64)
-    uf = UnionFind(int(offsets[-1]))
-    for (i, j), m in matches.items():
-        for a, b in zip(offsets[i] + m[:, 0], offsets[j] + m[:, 1]):
-            uf.union(int(a), int(b))
-    node_frame = np.repeat(np.arange(n_frames), np.diff(offsets))
-    node_kp = np.arange(offsets[-1]) - offsets[node_frame]
-    roots = uf.roots()
-    stats = {'matches': int(sum(len(m) for m in matches.values()))}
-
-    # group nodes by track; keep tracks with >= 2 nodes
+def _initial_tracks(roots: np.ndarray, node_frame: np.ndarray, stats: dict) -> list:
+    """Tracks (node index arrays) of >= 2 nodes, without those seeing one frame twice."""
     order = np.argsort(roots, kind='stable')
     r_sorted = roots[order]
     starts = np.flatnonzero(np.r_[True, r_sorted[1:] != r_sorted[:-1]])
@@ -152,63 +135,105 @@ def triangulate_tracks(xy: list[np.ndarray], T_map_cam: np.ndarray, K: np.ndarra
             continue
         tracks.append(nodes)
     stats['inconsistent_tracks'] = inconsistent
+    return tracks
 
-    T_cam_map = np.linalg.inv(T_map_cam)
-    Kinv = np.linalg.inv(K)
+
+@dataclass
+class _Views:
+    """Every node's (keypoint's) frame, pixels and normalised coordinates; every camera."""
+
+    node_frame: np.ndarray
+    node_xy: np.ndarray
+    node_xn: np.ndarray
+    T_cam_map: np.ndarray
+    K: np.ndarray
+    centres: np.ndarray
+
+
+def _triangulate_group(nodes: np.ndarray, v: _Views, max_reproj_px: float,
+                       min_angle_deg: float, min_views: int, kept: dict, next_tracks: list):
+    """Triangulate equally long tracks ``nodes`` (B, n).
+
+    The good ones go to ``kept``, those that lost observations to ``next_tracks``.
+    """
+    fr = v.node_frame[nodes]
+    X = _dlt(v.T_cam_map[fr][..., :3, :], v.node_xn[nodes])  # (B, 3)
+    # reprojection error and depth in every view
+    Tc = v.T_cam_map[fr]
+    pc = np.einsum('bnij,bj->bni', Tc[..., :3, :3], X) + Tc[..., :3, 3]
+    uv = np.einsum('bnij,bnj->bni', v.K[fr], pc)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        proj = uv[..., :2] / uv[..., 2:3]
+    err = np.linalg.norm(proj - v.node_xy[nodes], axis=-1)
+    good = np.isfinite(err) & (err <= max_reproj_px) & (pc[..., 2] > 0)
+    all_good = good.all(axis=1)
+    for b in np.flatnonzero(~all_good):
+        sub = nodes[b][good[b]]
+        if len(sub) >= max(2, min_views):
+            next_tracks.append(sub)
+    if not all_good.any():
+        return
+    Xg, nodes_g, err_g = X[all_good], nodes[all_good], err[all_good]
+    rays = Xg[:, None, :] - v.centres[v.node_frame[nodes_g]]
+    rays /= np.linalg.norm(rays, axis=-1, keepdims=True)
+    cos = np.einsum('bni,bmi->bnm', rays, rays)
+    angle = np.degrees(np.arccos(np.clip(cos.min(axis=(1, 2)), -1.0, 1.0)))
+    ok = angle >= min_angle_deg
+    kept['pts'].append(Xg[ok])
+    kept['nodes'].extend(list(nodes_g[ok]))
+    kept['angle'].append(angle[ok])
+    kept['err'].append(err_g[ok].max(axis=1))
+
+
+def triangulate_tracks(xy: list[np.ndarray], T_map_cam: np.ndarray, K: np.ndarray,
+                       matches: dict[tuple[int, int], np.ndarray], *, min_views: int = 3,
+                       min_angle_deg: float = 2.0, max_reproj_px: float = 2.0) -> Tracks:
+    """Triangulate the tracks of pairwise ``matches`` ``{(i, j): (M, 2) kp indices}``.
+
+    ``xy``: keypoints (N_i, 2) per frame; ``T_map_cam`` (F, 4, 4); ``K`` (F, 3, 3).
+    """
+    n_frames = len(xy)
+    offsets = np.concatenate([[0], np.cumsum([len(a) for a in xy])]).astype(np.int64)
+    uf = UnionFind(int(offsets[-1]))
+    for (i, j), m in matches.items():
+        for a, b in zip(offsets[i] + m[:, 0], offsets[j] + m[:, 1]):
+            uf.union(int(a), int(b))
+    node_frame = np.repeat(np.arange(n_frames), np.diff(offsets))
+    node_kp = np.arange(offsets[-1]) - offsets[node_frame]
+    stats = {'matches': int(sum(len(m) for m in matches.values()))}
+    tracks = _initial_tracks(uf.roots(), node_frame, stats)
+
     # normalised image coordinates of every node
     node_xy = np.concatenate(xy).astype(np.float64) if offsets[-1] else np.zeros((0, 2))
     h = np.hstack([node_xy, np.ones((len(node_xy), 1))])
+    Kinv = np.linalg.inv(K)
     node_xn = np.einsum('nij,nj->ni', Kinv[node_frame], h)[:, :2] if len(h) else h[:, :2]
-    centres = T_map_cam[:, :3, 3]
+    views = _Views(node_frame, node_xy, node_xn, np.linalg.inv(T_map_cam), K,
+                   T_map_cam[:, :3, 3])
 
-    kept_pts, kept_nodes, kept_angle, kept_err = [], [], [], []
+    kept = {'pts': [], 'nodes': [], 'angle': [], 'err': []}
     for _ in range(3):  # triangulate, drop bad observations, re-triangulate
         by_len: dict[int, list[np.ndarray]] = {}
         for t in tracks:
             if len(t) >= max(2, min_views):
                 by_len.setdefault(len(t), []).append(t)
-        next_tracks = []
-        kept_pts, kept_nodes, kept_angle, kept_err = [], [], [], []
+        next_tracks: list = []
+        kept = {'pts': [], 'nodes': [], 'angle': [], 'err': []}
         for group in by_len.values():
-            nodes = np.stack(group)  # (B, n)
-            fr = node_frame[nodes]
-            X = _dlt(T_cam_map[fr][..., :3, :], node_xn[nodes])  # (B, 3)
-            # reprojection error and depth in every view
-            Tc = T_cam_map[fr]
-            pc = np.einsum('bnij,bj->bni', Tc[..., :3, :3], X) + Tc[..., :3, 3]
-            uv = np.einsum('bnij,bnj->bni', K[fr], pc)
-            with np.errstate(divide='ignore', invalid='ignore'):
-                proj = uv[..., :2] / uv[..., 2:3]
-            err = np.linalg.norm(proj - node_xy[nodes], axis=-1)
-            good = np.isfinite(err) & (err <= max_reproj_px) & (pc[..., 2] > 0)
-            all_good = good.all(axis=1)
-            for b in np.flatnonzero(~all_good):
-                sub = nodes[b][good[b]]
-                if len(sub) >= max(2, min_views):
-                    next_tracks.append(sub)
-            if not all_good.any():
-                continue
-            Xg, nodes_g, err_g = X[all_good], nodes[all_good], err[all_good]
-            rays = Xg[:, None, :] - centres[node_frame[nodes_g]]
-            rays /= np.linalg.norm(rays, axis=-1, keepdims=True)
-            cos = np.einsum('bni,bmi->bnm', rays, rays)
-            angle = np.degrees(np.arccos(np.clip(cos.min(axis=(1, 2)), -1.0, 1.0)))
-            ok = angle >= min_angle_deg
-            kept_pts.append(Xg[ok])
-            kept_nodes.extend(list(nodes_g[ok]))
-            kept_angle.append(angle[ok])
-            kept_err.append(err_g[ok].max(axis=1))
+            _triangulate_group(np.stack(group), views, max_reproj_px, min_angle_deg, min_views,
+                               kept, next_tracks)
         if not next_tracks:
             break
         # tracks that lost observations are re-triangulated next round (the kept ones again too)
-        tracks = kept_nodes + next_tracks
-    pts = np.concatenate(kept_pts) if kept_pts else np.zeros((0, 3))
+        tracks = kept['nodes'] + next_tracks
+    kept_nodes = kept['nodes']
+    pts = np.concatenate(kept['pts']) if kept['pts'] else np.zeros((0, 3))
     n_views = np.array([len(t) for t in kept_nodes], np.int64)
     obs_point = np.repeat(np.arange(len(kept_nodes)), n_views)
     obs_nodes = np.concatenate(kept_nodes) if kept_nodes else np.zeros(0, np.int64)
     stats.update({'points': int(len(pts)), 'observations': int(len(obs_nodes))})
     return Tracks(points=pts, obs_frame=node_frame[obs_nodes], obs_kp=node_kp[obs_nodes],
                   obs_point=obs_point, n_views=n_views,
-                  angle_deg=np.concatenate(kept_angle) if kept_angle else np.zeros(0),
-                  max_error_px=np.concatenate(kept_err) if kept_err else np.zeros(0),
+                  angle_deg=np.concatenate(kept['angle']) if kept['angle'] else np.zeros(0),
+                  max_error_px=np.concatenate(kept['err']) if kept['err'] else np.zeros(0),
                   stats=stats)
