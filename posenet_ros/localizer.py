@@ -126,13 +126,10 @@ class FrameResult:
 
 def _through_mount(camera: Pose, t_base_cam: np.ndarray) -> Pose:
     """``T_map_base`` (and its covariance) of a camera pose and the mount ``T_base_cam``."""
-    from posenet_ros.ros.frames import covariance_through_mount  # plain numpy, no rclpy
-
     t_map_cam = camera.matrix
-    t_cam_base = geometry.invert(t_base_cam)
-    cov = (None if camera.covariance is None
-           else covariance_through_mount(camera.covariance, t_map_cam, t_cam_base))
-    return Pose.from_matrix(geometry.compose(t_map_cam, t_cam_base), cov)
+    cov = (None if camera.covariance is None else geometry.covariance_through_mount(
+        camera.covariance, t_map_cam, geometry.invert(t_base_cam)))
+    return Pose.from_matrix(geometry.base_in_map(t_map_cam, t_base_cam), cov)
 
 
 class Localizer:

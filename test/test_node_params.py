@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 from posenet_ros.core import geometry
+from posenet_ros.core.geometry import base_in_map, covariance_through_mount, map_to_odom
+from posenet_ros.core.ros_conversions import xyzw_pose_to_matrix
 from posenet_ros.ros import params as P
 from posenet_ros.ros.diagnostics import OK, WARN, NodeStats
-from posenet_ros.ros.frames import base_in_map, map_to_odom, xyzw_pose_to_matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,7 +137,6 @@ def test_covariance_through_the_mount_matches_sampled_poses():
     """First-order propagation camera -> base against 20,000 perturbed camera poses."""
     import transforms3d.axangles as ta
 
-    from posenet_ros.ros.frames import covariance_through_mount
 
     rng = np.random.default_rng(0)
     t_map_cam = geometry.pose_to_matrix([1.0, 2.0, 0.5], geometry.normalize_quaternion(

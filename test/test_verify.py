@@ -199,10 +199,10 @@ def test_localizer_checks_the_map_and_verifies_through_one_call(scene, tmp_path)
     res2 = loc.verify(loc.localize(load_image(s)), load_image(s),
                       prior=(s.position, s.quaternion))
     assert res2.verified
-    # the per-frame wrapper evaluation calls gives the same verification
-    reloc = Relocalizer(model, scene_map=map_path, warmup=1)
-    ver = reloc.verify(load_image(s), s.intrinsics, s.position, s.quaternion)
-    assert ver.verified and ver.n_inliers == res.verification.n_inliers
+    # a Localizer over an already loaded Relocalizer verifies the same way
+    res3 = Localizer(loc.relocalizer, scene_map=map_path).localize(
+        load_image(s), K=s.intrinsics, verify=True, prior=(s.position, s.quaternion))
+    assert res3.verified and res3.verification.n_inliers == res.verification.n_inliers
     other = make_tiny_export(tmp_path, name='other', seed=1)
     with pytest.raises(MapMismatchError, match='posenet-ros map'):
         Localizer(other, scene_map=map_path, warmup=1)

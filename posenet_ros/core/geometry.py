@@ -32,7 +32,8 @@ __all__ = [
     'normalize_quaternion', 'canonicalize_quaternion', 'wxyz_to_xyzw', 'xyzw_to_wxyz',
     'quat_to_matrix', 'matrix_to_quat', 'pose_to_matrix', 'matrix_to_pose', 'compose',
     'invert', 'transform_points', 'slerp', 'interpolate_pose', 'translation_error',
-    'rotation_error_deg', 'mean_quaternion', 'to_hemisphere',
+    'rotation_error_deg', 'mean_quaternion', 'to_hemisphere', 'base_in_map', 'map_to_odom',
+    'covariance_through_mount',
 ]
 
 
@@ -176,3 +177,33 @@ def rotation_error_deg(q_est: np.ndarray, q_true: np.ndarray) -> np.ndarray:
     q_true = normalize_quaternion(q_true)
     dot = np.abs(np.sum(q_est * q_true, axis=-1))
     return np.degrees(2.0 * np.arccos(np.clip(dot, 0.0, 1.0)))
+
+
+# --- the camera mount: camera poses to base poses (T_base_cam is the mount extrinsic) ---------
+def map_to_odom(t_map_cam: np.ndarray, t_odom_cam: np.ndarray) -> np.ndarray:
+    """``T_map_odom = T_map_cam @ T_odom_cam^-1`` (both camera poses at the same stamp)."""
+    return compose(t_map_cam, invert(t_odom_cam))
+
+
+def covariance_through_mount(cov_cam: np.ndarray, t_map_cam: np.ndarray,
+                             t_cam_base: np.ndarray) -> np.ndarray:
+    """6x6 covariance of ``T_map_base = T_map_cam T_cam_base`` from that of the camera pose.
+
+    Both covariances are in ROS order (x, y, z, then small rotations about the *map's* fixed
+    x, y, z axes, i.e. a left perturbation ``R' = exp(dtheta) R``). Then the base rotation
+    takes the same ``dtheta``, and the base position ``p_b = p_c + R_c t_cb`` moves by
+    ``dp - [R_c t_cb]_x dtheta``: the lever arm turns rotation uncertainty into position
+    uncertainty (first order).
+    """
+    lever = t_map_cam[:3, :3] @ t_cam_base[:3, 3]
+    skew = np.array([[0.0, -lever[2], lever[1]], [lever[2], 0.0, -lever[0]],
+                     [-lever[1], lever[0], 0.0]])
+    jac = np.eye(6)
+    jac[:3, 3:] = -skew
+    out = jac @ np.asarray(cov_cam, np.float64).reshape(6, 6) @ jac.T
+    return 0.5 * (out + out.T)
+
+
+def base_in_map(t_map_cam: np.ndarray, t_base_cam: np.ndarray) -> np.ndarray:
+    """``T_map_base = T_map_cam @ T_base_cam^-1`` from the camera pose and the mount extrinsic."""
+    return compose(t_map_cam, invert(t_base_cam))

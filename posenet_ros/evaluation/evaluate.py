@@ -150,17 +150,19 @@ def _localize_frames(reloc, frames: Iterable, *, dense: int = 0, map_path=None,
     seeded with its own coarse pose, as the node does. ``dense`` > 0 adds the average of that
     many crops.
     """
+    from posenet_ros.localizer import Localizer
+
+    loc = Localizer(reloc)
     resize = int(reloc.metadata['input']['resize'])
     crop = int(reloc.metadata['input']['crop'])
     for k, (frame, K) in enumerate(frames):
         if k == 0:
             _warm_up(reloc, frame, resize, crop, dense)
             if map_path is not None:
-                reloc.attach_map(map_path, verifier_config)
-        result = _predict_one(reloc, frame)
+                loc.attach_map(map_path, verifier_config)
+        result, localized = _predict_one(loc, frame)
         if map_path is not None:
-            result.verification = reloc.verify(frame, K, result.position,
-                                               result.quaternion_wxyz)
+            result.verification = _verify_one(loc, localized, frame, K)
         if dense:
             result.dense = _predict_dense(reloc, frame, resize, crop, dense)
         yield result
@@ -181,19 +183,26 @@ def _warm_up(reloc, frame: np.ndarray, resize: int, crop: int, dense: int) -> No
             return
 
 
-def _predict_one(reloc, frame: np.ndarray) -> FrameResult:
-    """The centre-crop prediction of one frame, timed."""
+def _predict_one(loc, frame: np.ndarray):
+    """The centre-crop pose of one frame, timed: ``(FrameResult, Localizer result or None)``."""
     t0 = time.perf_counter()
     try:
-        pred = reloc.predict(frame)
+        res = loc.localize(frame)
     except NonFiniteOutputError:
-        return FrameResult(None, None, math.nan, (time.perf_counter() - t0) * 1e3, False)
-    ms = float(getattr(pred, 'latency_ms', math.nan))
+        return FrameResult(None, None, math.nan, (time.perf_counter() - t0) * 1e3, False), None
+    ms = float(res.latency_ms)
     if not math.isfinite(ms):
         ms = (time.perf_counter() - t0) * 1e3
-    return FrameResult(np.asarray(pred.position, np.float64),
-                       np.asarray(pred.quaternion_wxyz, np.float64), float(pred.raw_quat_norm),
-                       ms, True)
+    return FrameResult(np.asarray(res.camera.position, np.float64),
+                       np.asarray(res.camera.quaternion_wxyz, np.float64),
+                       float(res.raw_quat_norm), ms, True), res
+
+
+def _verify_one(loc, localized, frame: np.ndarray, K):
+    """The frame's ``Verification``, seeded with its own coarse pose (as the node does)."""
+    if localized is None:  # no coarse pose: nothing to seed the candidate map frames with
+        return loc.map_localizer.localize(frame, K, None, None, None)
+    return loc.verify(localized, frame, K).verification
 
 
 def _predict_dense(reloc, frame: np.ndarray, resize: int, crop: int, n: int):

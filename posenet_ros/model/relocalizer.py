@@ -169,8 +169,7 @@ class Relocalizer:
     """
 
     def __init__(self, path: str | Path, device: str | torch.device = 'cpu', warmup: int = 3,
-                 warmup_size: tuple[int, int] | None = None, scene_map=None,
-                 verifier_config=None):
+                 warmup_size: tuple[int, int] | None = None):
         self.path = Path(path)
         if not isinstance(device, torch.device) and str(device).strip().lower() == 'auto':
             device = _auto_device(self.path)
@@ -196,9 +195,6 @@ class Relocalizer:
                                         category=FutureWarning)
                 self.model = torch.jit.freeze(self.model)
         self._warm_up(warmup, warmup_size)
-        self._localizer = None  # the frame pipeline behind attach_map / verify
-        if scene_map is not None:
-            self.attach_map(scene_map, verifier_config)
 
     def _warm_up(self, warmup: int, warmup_size: tuple[int, int] | None) -> None:
         """Run dummy frames; check the output layout and learn whether it has a feature."""
@@ -229,41 +225,6 @@ class Relocalizer:
             raise IncompatibleModelError(
                 f'{self.path}: the metadata promises a {want}-d feature output but the model '
                 'returns the pose only; re-export it with posenet_ros')
-
-    # --- per-frame verification for callers that predict frame by frame ----------------------
-    def attach_map(self, scene_map, config=None) -> None:
-        """Use ``scene_map`` (a path or :class:`~posenet_ros.verify.SceneMap`) in :meth:`verify`.
-
-        A thin wrapper over :meth:`posenet_ros.localizer.Localizer.attach_map` (which raises a
-        :class:`~posenet_ros.core.errors.MapError` subclass for a missing, corrupt or foreign
-        map); new code uses the :class:`~posenet_ros.localizer.Localizer` directly.
-        """
-        from posenet_ros.localizer import Localizer
-
-        self._localizer = Localizer(self, scene_map=scene_map, verifier_config=config)
-
-    @property
-    def map_localizer(self):
-        """The attached map's :class:`~posenet_ros.verify.MapLocalizer`, or None."""
-        return None if self._localizer is None else self._localizer.map_localizer
-
-    def verify(self, frame, K=None, position=None, quaternion_wxyz=None, global_feature=None):
-        """Verify one frame against the attached map near a pose; a ``Verification``.
-
-        ``global_feature``: the frame's retrieval feature from its :meth:`predict` (without it,
-        and when the map has features, the network runs once more for it). Prefer
-        :meth:`posenet_ros.localizer.Localizer.verify`, which carries the feature over.
-        """
-        from posenet_ros.core.errors import MapError
-
-        if self._localizer is None:
-            raise MapError('no scene map attached; pass scene_map= (build one with '
-                           "'posenet-ros map --model MODEL')")
-        frame = np.asarray(frame)
-        if global_feature is None and self._localizer.uses_features:
-            global_feature = self.predict(frame).feature
-        return self._localizer.map_localizer.localize(frame, K, position, quaternion_wxyz,
-                                                      global_feature)
 
     def _run(self, batch: torch.Tensor):
         with torch.inference_mode():

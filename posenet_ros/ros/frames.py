@@ -1,4 +1,4 @@
-"""Frame staging for the worker (CPU or GPU) and the node's transform arithmetic. No rclpy.
+"""Frame staging for the node's worker (CPU or GPU). No rclpy.
 
 :class:`FrameStager` turns a :class:`~posenet_ros.core.image_conversion.RawFrame` into what the
 relocalizer consumes. On CUDA it copies the raw pixels (padding dropped by ``np.copyto`` from the
@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from posenet_ros.core import geometry
 from posenet_ros.core.image_conversion import RawFrame, to_rgb
-from posenet_ros.core.ros_conversions import xyzw_pose_to_matrix  # re-exported for the node
 
-__all__ = ['FrameStager', 'map_to_odom', 'base_in_map', 'covariance_through_mount',
-           'xyzw_pose_to_matrix']
+__all__ = ['FrameStager']
 
 # Channel orders the device path reorders itself (4:2:2 is converted on the host).
 _DEVICE_ORDERS = ('rgb', 'bgr', 'rgba', 'bgra', 'mono')
@@ -64,32 +61,3 @@ class FrameStager:
         if order in ('rgba', 'bgra'):
             dev = dev[..., :3]  # drop alpha (a view)
         return dev.flip(-1) if order.startswith('bgr') else dev  # flip: a device-side copy
-
-
-def map_to_odom(t_map_cam: np.ndarray, t_odom_cam: np.ndarray) -> np.ndarray:
-    """``T_map_odom = T_map_cam @ T_odom_cam^-1`` (both camera poses at the same stamp)."""
-    return geometry.compose(t_map_cam, geometry.invert(t_odom_cam))
-
-
-def covariance_through_mount(cov_cam: np.ndarray, t_map_cam: np.ndarray,
-                             t_cam_base: np.ndarray) -> np.ndarray:
-    """6x6 covariance of ``T_map_base = T_map_cam T_cam_base`` from that of the camera pose.
-
-    Both covariances are in ROS order (x, y, z, then small rotations about the *map's* fixed
-    x, y, z axes, i.e. a left perturbation ``R' = exp(dtheta) R``). Then the base rotation
-    takes the same ``dtheta``, and the base position ``p_b = p_c + R_c t_cb`` moves by
-    ``dp - [R_c t_cb]_x dtheta``: the lever arm turns rotation uncertainty into position
-    uncertainty (first order).
-    """
-    lever = t_map_cam[:3, :3] @ t_cam_base[:3, 3]
-    skew = np.array([[0.0, -lever[2], lever[1]], [lever[2], 0.0, -lever[0]],
-                     [-lever[1], lever[0], 0.0]])
-    jac = np.eye(6)
-    jac[:3, 3:] = -skew
-    out = jac @ np.asarray(cov_cam, np.float64).reshape(6, 6) @ jac.T
-    return 0.5 * (out + out.T)
-
-
-def base_in_map(t_map_cam: np.ndarray, t_base_cam: np.ndarray) -> np.ndarray:
-    """``T_map_base = T_map_cam @ T_base_cam^-1`` from the camera pose and the mount extrinsic."""
-    return geometry.compose(t_map_cam, geometry.invert(t_base_cam))

@@ -12,9 +12,8 @@ from rclpy.duration import Duration
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 
-from posenet_ros.core import geometry
+from posenet_ros.core import geometry, ros_conversions
 from posenet_ros.localizer import Pose
-from posenet_ros.ros.frames import map_to_odom
 from posenet_ros.ros.node_types import NodeFrame
 
 __all__ = ['OUTPUT_QOS', 'TF_QOS', 'NodeOutputs', 'fill_pose']
@@ -27,13 +26,9 @@ TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                     history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE)
 
 
-def fill_pose(msg_pose, pose: Pose) -> None:
-    """Write ``pose`` (wxyz) into a ``geometry_msgs/Pose`` (ROS xyzw order)."""
-    x, y, z = (float(v) for v in pose.position)
-    qx, qy, qz, qw = (float(v) for v in geometry.wxyz_to_xyzw(pose.quaternion_wxyz))
-    msg_pose.position.x, msg_pose.position.y, msg_pose.position.z = x, y, z
-    msg_pose.orientation.x, msg_pose.orientation.y = qx, qy
-    msg_pose.orientation.z, msg_pose.orientation.w = qz, qw
+def fill_pose(msg, pose: Pose) -> None:
+    """Write ``pose`` (wxyz) into a pose or transform message (ROS xyzw order)."""
+    ros_conversions.fill_pose(msg, pose.position, pose.quaternion_wxyz)
 
 
 def _with_covariance(stamp, frame_id: str, pose: Pose) -> PoseWithCovarianceStamped:
@@ -135,7 +130,7 @@ class NodeOutputs:
             self._warn('tf_lookup', f'TF lookup {cfg["odom_frame"]} -> {cfg["base_frame"]} '
                        f'failed: {why}')
             return
-        odom = Pose.from_matrix(map_to_odom(result.base.matrix, t_odom_base))
+        odom = Pose.from_matrix(geometry.map_to_odom(result.base.matrix, t_odom_base))
         future = Time.from_msg(result.stamp) + Duration(seconds=cfg['transform_tolerance'])
         self._send_tf(future.to_msg(), cfg['odom_frame'], odom)
 
@@ -144,8 +139,5 @@ class NodeOutputs:
         tf.header.stamp = stamp
         tf.header.frame_id = self.map_frame()
         tf.child_frame_id = child
-        t = tf.transform.translation
-        t.x, t.y, t.z = (float(v) for v in pose.position)
-        r = tf.transform.rotation
-        r.x, r.y, r.z, r.w = (float(v) for v in geometry.wxyz_to_xyzw(pose.quaternion_wxyz))
+        fill_pose(tf.transform, pose)
         self._tf_pub.publish(self._tf_msg(transforms=[tf]))

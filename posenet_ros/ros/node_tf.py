@@ -14,7 +14,8 @@ from rclpy.duration import Duration
 from rclpy.time import Time
 
 from posenet_ros.core import geometry
-from posenet_ros.ros.frames import xyzw_pose_to_matrix
+from posenet_ros.core.ros_conversions import msg_to_matrix
+from posenet_ros.core.transforms import extrinsic_matrix
 
 __all__ = ['Mount', 'NodeTf']
 
@@ -75,8 +76,7 @@ class NodeTf:
                                               timeout=Duration(seconds=timeout))
         except Exception as exc:  # tf2 LookupException / ExtrapolationException / ...
             return None, f'{type(exc).__name__}: {exc}'
-        t, r = tf.transform.translation, tf.transform.rotation
-        return xyzw_pose_to_matrix([t.x, t.y, t.z, r.x, r.y, r.z, r.w]), ''
+        return msg_to_matrix(tf), ''
 
     def mount(self, cfg: dict, camera_frame: str, stamp) -> Mount:
         """The camera mount at ``stamp``: from TF, else ``camera_in_base``, else refused.
@@ -99,7 +99,7 @@ class NodeTf:
                     return Mount(geometry.invert(t_cam_base), 'tf')
                 tf_why = f'TF has no {base} -> {camera_frame} ({why})'
         if cfg['camera_in_base']:
-            return Mount(xyzw_pose_to_matrix(cfg['camera_in_base']), 'parameter camera_in_base',
+            return Mount(extrinsic_matrix(cfg['camera_in_base']), 'parameter camera_in_base',
                          tf_why)
         return Mount(None, '', (f'no extrinsic: {tf_why}, and camera_in_base is unset; publish '
                                 f'{base} -> {camera_frame} on TF (URDF / '

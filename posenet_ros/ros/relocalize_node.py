@@ -68,7 +68,6 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import SetBool, Trigger
 
@@ -81,6 +80,7 @@ from posenet_ros.core.errors import (
     PoseNetError,
 )
 from posenet_ros.core.image_conversion import decode_compressed, decode_image, to_rgb
+from posenet_ros.core.ros_conversions import camera_info_topic, stamp_to_ns
 from posenet_ros.ros import params as P
 from posenet_ros.ros.diagnostics import NodeStats, ThrottledLog
 from posenet_ros.ros.frames import FrameStager
@@ -102,11 +102,6 @@ def input_qos(reliability: str) -> QoSProfile:
            else ReliabilityPolicy.BEST_EFFORT)
     return QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=rel,
                       durability=DurabilityPolicy.VOLATILE)
-
-
-def _stamp_ns(stamp) -> int:
-    """A header stamp in nanoseconds (the node's one conversion of a stamp to an integer)."""
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
 @dataclass
@@ -237,8 +232,7 @@ class RelocalizerNode(Node):
         self._input_topic = self._sub.topic_name
         # camera_info: the intrinsics for verification, and (in every mode) the camera's own
         # rate, the reference of the input-rate diagnostics (frames lost in transport).
-        info = self._cfg['camera_info_topic'] or base.rstrip('/').rsplit('/', 1)[0] + \
-            '/camera_info'
+        info = self._cfg['camera_info_topic'] or camera_info_topic(base)
         sub = self.create_subscription(CameraInfo, info, self._on_camera_info,
                                        input_qos('best_effort'))
         self._info_topic = sub.topic_name
@@ -287,14 +281,14 @@ class RelocalizerNode(Node):
     def _on_image(self, msg, compressed: bool) -> None:
         slot = _Slot(msg, time.monotonic(), compressed)
         self._stats.count('received')
-        self._stats.image_stamp(_stamp_ns(msg.header.stamp))
+        self._stats.image_stamp(stamp_to_ns(msg.header.stamp))
         if self._frames.put(slot):
             self._stats.count('dropped')  # overwritten before the worker got to it
 
     def _on_camera_info(self, msg) -> None:
         k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
         self._stats.count('camera_info')
-        self._stats.info_stamp(_stamp_ns(msg.header.stamp))
+        self._stats.info_stamp(stamp_to_ns(msg.header.stamp))
         if not (np.all(np.isfinite(k)) and k[0, 0] > 0 and k[1, 1] > 0 and msg.width > 0):
             self._warn('camera_info', f'ignoring CameraInfo on {self._info_topic} without '
                        "intrinsics (k is zero): uncalibrated camera? the map's are used")
@@ -324,11 +318,12 @@ class RelocalizerNode(Node):
                 self._stats.count('rate_limited')
                 return False, None
         stamp = slot.msg.header.stamp
-        if not (stamp.sec or stamp.nanosec):
+        stamp_ns = stamp_to_ns(stamp)
+        if not stamp_ns:
             self._warn('unstamped', 'input image has a zero stamp: outputs will be stamped 0 and '
                        'max_image_age cannot be checked')
             return True, None
-        age = (self.get_clock().now() - Time.from_msg(stamp)).nanoseconds * 1e-9
+        age = (self.get_clock().now().nanoseconds - stamp_ns) * 1e-9
         if cfg['max_image_age'] > 0.0 and age > cfg['max_image_age']:
             self._stats.count('stale')
             why = (f'dropping a frame {age:.3f} s old (max_image_age '
