@@ -146,8 +146,10 @@ class Localizer:
                  warmup_size: tuple[int, int] | None = None, scene_map=None,
                  verifier_config=None, position_stddev: float = DEFAULT_POSITION_STDDEV,
                  orientation_stddev: float = DEFAULT_ORIENTATION_STDDEV):
-        self.relocalizer = (model if isinstance(model, Relocalizer)
-                            else Relocalizer(model, device, warmup, warmup_size))
+        # A path loads the export here; anything else is a loaded model runtime (a Relocalizer,
+        # or an object with its interface, e.g. a test's wrapper around one).
+        self.relocalizer = (Relocalizer(model, device, warmup, warmup_size)
+                            if isinstance(model, (str, Path)) else model)
         self.coarse_covariance = diagonal_covariance(position_stddev, orientation_stddev)
         self.map_localizer = None
         self.uses_features = False  # the map has retrieval features and the model makes them
