@@ -137,7 +137,6 @@ def test_resume_mismatch_and_missing_checkpoint(tiny, tmp_path, reference):
         train(cfg.replace(run_dir=str(ref_result.run_dir)))
 
 
-@pytest.mark.slow
 def test_checkpoint_survives_crash_during_save(tmp_path):
     path = tmp_path / 'last.pt'
     save_checkpoint(path, {'config': {}, 'model': {'w': torch.ones(3)}, 'epoch': 1})
