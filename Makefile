@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export ROS_LOG_DIR ?= $(CURDIR)/.ros_log
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 
-.PHONY: setup test test-isa lint demo bench clean
+.PHONY: setup test test-fast test-isa lint demo bench clean
 
 setup:
 	@scripts/setup_env.sh
@@ -12,9 +12,14 @@ setup:
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# Everything (what CI runs). test-fast: the tests that train nothing and start no node (< 1 min).
 test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -m 'not slow'
 
 # The learning tests again under every other CPU kernel path this machine can force (what
 # another user's CPU would run), with each assertion's worst case against its bound.

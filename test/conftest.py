@@ -1,11 +1,115 @@
-"""Session-wide test settings: isolation of ROS state, headless plots, bounded CPU threads."""
+"""Session-wide test settings, the ``slow`` marker's guard, and the trained fixtures tests share.
+
+* Isolation: every session gets its own DDS domain (localhost discovery) and ROS log dir;
+  plots are headless; each test module runs with one torch thread (a shared 2-core machine).
+* ``slow`` (``make test-fast`` leaves it out; ``helpers_slow``): tests that use a
+  ``slow_fixture`` or are marked ``learning`` get the marker here. A test that is not slow but
+  trains a network, or uses more than ``FAST_CPU_LIMIT_S`` of CPU, fails.
+* ``--cpu-durations N`` lists the N tests that used the most CPU time (set-up to tear-down,
+  child processes included): on a machine shared with other jobs, a test's cost shows far
+  better in CPU time than in wall time.
+* Trained fixtures are session-scoped: one model serves every file that asks for its recipe.
+"""
 
 import os
 import random
 import tempfile
+from types import SimpleNamespace
+
+import pytest
+from helpers_model import one_torch_thread  # noqa: F401 (autouse: one torch thread per module)
+from helpers_slow import FAST_CPU_LIMIT_S, cpu_seconds, is_slow, slow_fixture, training_alarm
 
 # Isolate every test session: own DDS domain, discovery on localhost only, own ROS log dir.
 os.environ.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 101)))
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('ROS_LOG_DIR', tempfile.mkdtemp(prefix='posenet_ros_log_'))
 os.environ.setdefault('MPLBACKEND', 'Agg')
+
+_cpu_start = pytest.StashKey[float]()
+_trained = pytest.StashKey[int]()
+_cpu_used: list[tuple[float, str]] = []
+
+
+def pytest_addoption(parser):
+    parser.addoption('--cpu-durations', type=int, default=0, metavar='N',
+                     help='list the N tests that used the most CPU time, set-up to tear-down')
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark ``slow`` what learns or uses a slow fixture (before ``-m`` deselects)."""
+    for item in items:
+        if is_slow(item):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Time the test in CPU seconds; watch a test that is not slow for training."""
+    fast = not item.get_closest_marker('slow')
+    alarm = training_alarm(lambda n: item.stash.__setitem__(_trained, n)) if fast else None
+    item.stash[_cpu_start] = cpu_seconds()
+    try:
+        yield
+    finally:
+        if alarm is not None:
+            alarm.remove()
+        _cpu_used.append((cpu_seconds() - item.stash[_cpu_start], item.nodeid))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Fail a test that is not slow but trained, or used more CPU than FAST_CPU_LIMIT_S."""
+    report = (yield).get_result()
+    if call.when == 'teardown' or report.skipped or item.get_closest_marker('slow'):
+        return
+    used = cpu_seconds() - item.stash[_cpu_start]
+    if _trained in item.stash:
+        reason = f'trains a network (an optimizer step over {item.stash[_trained]} parameters)'
+    elif call.when == 'call' and used > FAST_CPU_LIMIT_S:
+        reason = f'used {used:.1f} s of CPU, set-up included (the limit is {FAST_CPU_LIMIT_S:g} s)'
+    else:
+        return
+    report.outcome = 'failed'
+    report.longrepr = f'{item.nodeid} is not marked slow, but it {reason}: mark it ' \
+                      '@pytest.mark.slow so that `make test-fast` leaves it out (docs/testing.md)'
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    n = config.getoption('--cpu-durations')
+    if n:
+        terminalreporter.section(f'{n} tests with the most CPU time (s, set-up to tear-down, '
+                                 'child processes included)')
+        for used, nodeid in sorted(_cpu_used, reverse=True)[:n]:
+            terminalreporter.write_line(f'{used:8.1f}  {nodeid}')
+        total = sum(used for used, _ in _cpu_used)
+        terminalreporter.write_line(f'{total:8.1f}  in total, {len(_cpu_used)} tests')
+
+
+# --- trained fixtures shared by the session ------------------------------------------------------
+@slow_fixture(scope='session')
+def scene_model(tmp_path_factory):
+    """The small scene model of courtyard ``2 + POSENET_TEST_SEED`` and its map (~1 min).
+
+    The CPU demo recipe at 64/56 px for 4 epochs (``helpers_model.train_small_scene_model``) on
+    80 rendered training frames (320x240), exported with its scene map. ``dataset`` also holds
+    24 test frames: test laps between the training laps, never trained on. The geometric
+    verification tests (``test_verify``: its bounds were measured on this model over seeds,
+    see docs/testing.md) and the node's verification tests (``test_node_verify``) both use it.
+    Under ``POSENET_TEST_SABOTAGE=labels`` its training poses are shuffled.
+    """
+    from helpers_learning import SEED, sabotage_labels
+    from helpers_model import train_small_scene_model
+
+    from posenet_ros.tools.synthetic import SceneConfig, write_dataset
+    from posenet_ros.verify.mapfile import default_map_path
+
+    root = tmp_path_factory.mktemp('scene_model')
+    cfg = SceneConfig(seed=2 + SEED, n_train=80, n_test=24)
+    dataset = sabotage_labels(write_dataset(root / 'dataset', cfg, progress=False))
+    result = train_small_scene_model(root, dataset, epochs=4, build_map=True)
+    model = result.export_ts
+    assert result.map_path == default_map_path(model) and result.map_path.is_file()
+    return SimpleNamespace(root=root, cfg=cfg, dataset=dataset, model=model,
+                           map=result.map_path)

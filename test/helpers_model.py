@@ -7,6 +7,9 @@ default only the TorchScript file is written (~2 s); ``pt2=True`` also writes th
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,17 +38,38 @@ def spread_head(net: nn.Module, seed: int = 0, std: float = 0.05) -> nn.Module:
     return net
 
 
+# make_tiny_export's arguments -> a private copy of the first export made with them (tests
+# may damage the files they get; these are never handed out)
+_EXPORTS: dict[tuple, Path] = {}
+_EXPORT_CACHE = tempfile.TemporaryDirectory(prefix='posenet_test_exports_')
+
+
 def make_tiny_export(tmp_dir, backbone: str = 'mobilenet_v3_small', crop: int = 64,
                      resize: int | None = None, name: str = 'tiny', pt2: bool = False,
                      pos_mean=(1.0, -2.0, 0.5), pos_scale: float = 3.0,
                      seed: int = 0, training: dict | None = None) -> Path:
     """Export a random-init (seeded) PoseNet; returns the ``.ts`` path (``.pt2`` beside it).
 
-    ``training`` adds keys to the metadata's training summary (e.g. ``selected_on``).
+    ``training`` adds keys to the metadata's training summary (e.g. ``selected_on``). The same
+    arguments give the same files (the weights are seeded, the model id is their hash), so
+    later calls copy the first call's files into ``tmp_dir`` instead of exporting again.
     """
+    key = (backbone, crop, resize, name, pt2, tuple(pos_mean), pos_scale, seed,
+           json.dumps(training, sort_keys=True))
+    suffixes = ('.ts', '.pt2') if pt2 else ('.ts',)
+    if key not in _EXPORTS:
+        _EXPORTS[key] = _export(Path(_EXPORT_CACHE.name) / str(len(_EXPORTS)), backbone, crop,
+                                resize, name, pt2, pos_mean, pos_scale, seed, training)
+    Path(tmp_dir).mkdir(parents=True, exist_ok=True)
+    for suffix in suffixes:
+        shutil.copyfile(_EXPORTS[key].with_suffix(suffix), Path(tmp_dir) / f'{name}{suffix}')
+    return Path(tmp_dir) / f'{name}.ts'
+
+
+def _export(out_dir, backbone, crop, resize, name, pt2, pos_mean, pos_scale, seed, training):
     torch.manual_seed(seed)
     net = spread_head(build_posenet(backbone), seed=seed).eval()
-    result = export_model(net, out_dir=tmp_dir, name=name, resize=resize or crop + crop // 8,
+    result = export_model(net, out_dir=out_dir, name=name, resize=resize or crop + crop // 8,
                           crop=crop, pos_mean=pos_mean, pos_scale=pos_scale,
                           training={'epochs': 0, 'note': 'random init test model',
                                     **(training or {})},

@@ -31,6 +31,7 @@ def _overwrite_middle_page(db3, fill=0xAB, page=4096):
     db3.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_db3_with_a_page_overwritten(tmp_path, capsys):
     from helpers_model import make_tiny_export
 
@@ -129,6 +130,7 @@ def test_salvage_refuses_to_overwrite_and_missing_input(tmp_path):
 
 
 @pytest.mark.ros
+@pytest.mark.slow
 def test_replay_names_the_damaged_file(tmp_path, capsys):
     """posenet-ros replay opens bags through the same checks (it used rosbags directly)."""
     write_pose_bag(tmp_path / 'b', n_images=N, size=(120, 160))

@@ -95,6 +95,7 @@ def test_base_odometry_with_tf_static_reads_as_camera_poses(tmp_path, storage):
     assert np.linalg.norm(T_base[:3, 3] - samples[0].matrix[:3, 3]) > 0.5
 
 
+@pytest.mark.slow
 def test_extract_then_train_feed_camera_labels(robot_bags, tmp_path, capsys, monkeypatch):
     from posenet_ros import datasets
     from posenet_ros.training.config import load_config
@@ -190,6 +191,7 @@ def test_pose_with_covariance_needs_its_frame_named(robot_bags):
         read_bag(root / 'no_tf', pose_topic='/odom', camera_in_base=np.diag([2.0, 1, 1, 1]))
 
 
+@pytest.mark.slow
 def test_evaluate_on_base_odometry_uses_camera_ground_truth(robot_bags, tmp_path):
     from helpers_model import make_tiny_export
 

@@ -26,7 +26,7 @@ from posenet_ros.core import geometry  # noqa: E402
 from posenet_ros.model.preprocessing import Preprocess  # noqa: E402
 from posenet_ros.model.relocalizer import Relocalizer  # noqa: E402
 
-pytestmark = [pytest.mark.ros]
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 
 def _naive_module():

@@ -4,6 +4,8 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import posenet_ros
 
 
@@ -16,6 +18,7 @@ def _core_modules():
     return names
 
 
+@pytest.mark.slow
 def test_core_imports_no_rclpy():
     modules = _core_modules()
     assert 'posenet_ros.core.geometry' in modules

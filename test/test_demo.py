@@ -22,6 +22,7 @@ def _run_demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_demo_pipeline_tiny(tmp_path):
     out = tmp_path / 'demo'
     proc = _run_demo(out)

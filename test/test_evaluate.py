@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from helpers_model import make_tiny_export
+from helpers_slow import slow_fixture
 
 from posenet_ros.core.errors import BagError, EvaluationError
 from posenet_ros.evaluation.evaluate import dense_grid, dense_windows, evaluate, load_summary, main
@@ -19,7 +20,7 @@ from posenet_ros.tools.synthetic import RosbagWriter, SceneConfig, write_bag, wr
 CFG = SceneConfig(width=64, height=48, fx=55.0, n_train=6, n_test=4)
 
 
-@pytest.fixture(scope='module')
+@slow_fixture(scope='module')
 def data(tmp_path_factory):
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp('evaluate')

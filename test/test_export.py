@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from helpers_model import random_frames, sample_image_rgb, spread_head
+from helpers_slow import slow_fixture
 
 from posenet_ros.core.errors import ConfigError, IncompatibleModelError
 from posenet_ros.model.export import (
@@ -22,14 +23,11 @@ from posenet_ros.model.export import (
 )
 from posenet_ros.model.network import build_posenet
 
-torch.set_num_threads(1)  # stable timings on a shared 2-core machine
-# torch.jit.* emit FutureWarning deprecation notices in torch 2.14; TorchScript is still needed
-pytestmark = pytest.mark.filterwarnings('ignore:.*torch.jit.*:FutureWarning')
 RESIZE, CROP = 72, 64
 POS_MEAN, POS_SCALE = (10.0, -5.0, 1.5), 4.0
 
 
-@pytest.fixture(scope='module')
+@slow_fixture(scope='module')
 def exported(tmp_path_factory):
     """One resnet18 export (.ts + .pt2; torch.export takes ~10 s so it is shared)."""
     torch.manual_seed(0)
@@ -66,6 +64,7 @@ def test_eager_torchscript_pt2_agree_on_two_sizes(exported):
             torch.testing.assert_close(out[1], ref_feature, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('backbone', ['googlenet', 'efficientnet_lite0'])
 def test_torchscript_agrees_for_backbones_with_custom_layers(tmp_path, backbone):
     # googlenet and lite0 carry an input remap buffer and (lite0) TF 'same' padding computed

@@ -68,6 +68,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers_slow import slow_fixture
 from ros_helpers import ROOT, ros_env
 
 TUTORIALS = ROOT / 'docs' / 'tutorials.md'
@@ -217,7 +218,7 @@ def _at(truth: dict[int, np.ndarray], t: float) -> np.ndarray:
     return truth[key]
 
 
-@pytest.fixture(scope='module')
+@slow_fixture(scope='module')
 def workdir(tmp_path_factory):
     """The user's working directory, and the recordings standing for the robot's bags."""
     from posenet_ros.tools.synthetic import SceneConfig, write_bag

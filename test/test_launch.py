@@ -4,12 +4,12 @@ import ast
 import importlib.util
 import os
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers_package import setup_py_arguments
 
 from posenet_ros.ros import params as P
 
@@ -70,17 +70,7 @@ def test_executable_node_name_and_files_exist():
 
 
 def test_params_and_profile_are_installed_by_setup_py():
-    code = (
-        'import setuptools, json\n'
-        'captured = {}\n'
-        'setuptools.setup = lambda **kw: captured.update(kw)\n'
-        "exec(open('setup.py').read())\n"
-        "print(json.dumps(captured['data_files']))\n"
-    )
-    import json
-    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
-                         check=True)
-    data = dict((dest, files) for dest, files in json.loads(out.stdout))
+    data = setup_py_arguments()['data_files']
     mod = _launch_module()
     assert str(Path('launch') / LAUNCH_FILE.name) in data['share/posenet_ros/launch']
     for rel in (mod.PARAMS_FILE, mod.SHM_PROFILE):

@@ -18,6 +18,7 @@ from posenet_ros.tools.synthetic import SceneConfig, write_bag, write_dataset  #
 CFG = SceneConfig(width=64, height=48, fx=55.0, n_train=6, n_test=8, rate=30.0)
 
 
+@pytest.mark.slow
 def test_live_evaluation_through_the_real_node(tmp_path):
     from posenet_ros.ros.live_eval import live_evaluate
 

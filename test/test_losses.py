@@ -184,6 +184,7 @@ def test_rotation_and_loss_lr_keys_are_checked(key, value, fragment):
     assert key in str(err.value) and fragment in str(err.value)
 
 
+@pytest.mark.slow
 def test_short_training_moves_s_q_and_records_the_reference(tmp_path, one_torch_thread):  # noqa: F811
     """With loss_lr, s_q leaves its start by far more than the network's lr allows.
 

@@ -18,8 +18,6 @@ from posenet_ros.model.network import (
 )
 from posenet_ros.model.preprocessing import Preprocess
 
-torch.set_num_threads(1)  # stable timings on a shared 2-core machine
-
 
 @pytest.fixture()
 def empty_torch_home(tmp_path, monkeypatch):

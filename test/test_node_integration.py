@@ -39,7 +39,7 @@ from tf2_msgs.msg import TFMessage  # noqa: E402
 from posenet_ros.core import geometry  # noqa: E402
 from posenet_ros.core.image_conversion import rgb_to_compressed, rgb_to_image_fields  # noqa: E402
 
-pytestmark = [pytest.mark.ros]
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 W, H = 80, 60
 # tf2_ros is not installable here (no wheel), so the /comp node gets a stand-in module with the

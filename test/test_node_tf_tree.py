@@ -41,6 +41,7 @@ pytest.importorskip('tf2_msgs.msg', reason='tf2_msgs is not built into this envi
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped  # noqa: E402
 from helpers_model import train_small_scene_model  # noqa: E402
+from helpers_slow import slow_fixture  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from ros_helpers import RosSession  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
@@ -69,7 +70,7 @@ def _dyaw(a, b):
     return abs((a - b + 180.0) % 360.0 - 180.0)
 
 
-@pytest.fixture(scope='module')
+@slow_fixture(scope='module')
 def scene(tmp_path_factory):
     """A briefly trained export (no map: refine off) and the test bag with its truth."""
     import torch

@@ -23,7 +23,6 @@ pytest.importorskip('tf2_msgs.msg', reason='tf2_msgs is not built into this envi
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped  # noqa: E402
-from helpers_model import train_small_scene_model  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from ros_helpers import RosSession, failed_starts  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
@@ -46,36 +45,24 @@ MEDIAN_M = 0.03
 
 
 @pytest.fixture(scope='module')
-def scene(tmp_path_factory):
-    """Rendered dataset, a briefly trained export and its map; the test frames with truth."""
-    import torch
+def scene(scene_model, tmp_path_factory):
+    """The session's briefly trained export and its map; this file's test frames with truth."""
+    from posenet_ros.tools.synthetic import SceneConfig, make_scene, render, trajectory, write_bag
 
-    from posenet_ros.datasets import load_dataset, load_image
-    from posenet_ros.tools.synthetic import (
-        SceneConfig,
-        make_scene,
-        render,
-        write_bag,
-        write_dataset,
-    )
-    from posenet_ros.verify.mapfile import default_map_path
-
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp('node_verify')
-    cfg = SceneConfig(seed=0, n_train=N_TRAIN, n_test=N_TEST)
-    ds = write_dataset(root / 'dataset', cfg, progress=False)
-    result = train_small_scene_model(root, ds, epochs=4, build_map=True)
-    model = result.export_ts
-    assert default_map_path(model).is_file()
-    test = load_dataset(ds, 'test')
-    frames = [load_image(s) for s in test]
-    truth = [(s.position, s.quaternion) for s in test]
+    # The model's courtyard and training laps; N_TEST frames of its test laps between them.
+    cfg = SceneConfig(seed=scene_model.cfg.seed, n_train=N_TRAIN, n_test=N_TEST)
+    assert scene_model.cfg.n_train == N_TRAIN
+    truth = trajectory('test', N_TEST, cfg.seed)
+    courtyard = make_scene(cfg.seed)
+    frames = [render(courtyard, p, q, cfg.K(), cfg.width, cfg.height) for p, q in truth]
     other = make_scene(seed=7)  # another courtyard: must never verify
     wrong = [render(other, p, q, cfg.K(), cfg.width, cfg.height) for p, q in truth[:4]]
     wrong.append(np.zeros_like(frames[0]))  # a covered lens
     bag = write_bag(root / 'test_bag', cfg, progress=False)  # the same test laps, with camera_info
-    return {'root': root, 'model': model, 'map': default_map_path(model), 'K': cfg.K(), 'bag': bag,
-            'size': (cfg.width, cfg.height), 'frames': frames, 'truth': truth, 'wrong': wrong}
+    return {'root': root, 'model': scene_model.model, 'map': scene_model.map, 'K': cfg.K(),
+            'bag': bag, 'size': (cfg.width, cfg.height), 'frames': frames, 'truth': truth,
+            'wrong': wrong}
 
 
 def _params(scene, ns, **extra):

@@ -1,10 +1,10 @@
 """colcon-relevant files: package.xml (format 3) and setup.py's data_files."""
 
 import ast
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from helpers_package import setup_py_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,20 +26,8 @@ def test_package_xml_format3_and_dependencies():
 
 
 def test_setup_py_data_files_install_launch_config_models():
-    # Ask setuptools itself for the resolved data_files (runs setup.py in the repo root).
-    code = (
-        'import setuptools, json, sys\n'
-        'captured = {}\n'
-        'setuptools.setup = lambda **kw: captured.update(kw)\n'
-        "exec(open('setup.py').read())\n"
-        "print(json.dumps({'data_files': captured['data_files'],"
-        " 'entry_points': captured['entry_points']}))\n"
-    )
-    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
-                         check=True)
-    import json
-    info = json.loads(out.stdout)
-    data = {dest: files for dest, files in info['data_files']}
+    info = setup_py_arguments()  # setuptools' own resolution, setup.py run in the repo root
+    data = info['data_files']
     assert data['share/ament_index/resource_index/packages'] == ['resource/posenet_ros']
     assert data['share/posenet_ros'] == ['package.xml']
     for folder, pattern in (('launch', '*.launch.py'), ('config', '*.yaml'), ('config', '*.rviz')):

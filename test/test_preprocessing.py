@@ -18,9 +18,6 @@ from posenet_ros.model.preprocessing import (
     resized_size,
 )
 
-torch.set_num_threads(1)  # stable timings on a shared 2-core machine
-# torch.jit.* emit FutureWarning deprecation notices in torch 2.14; TorchScript is still needed
-pytestmark = pytest.mark.filterwarnings('ignore:.*torch.jit.*:FutureWarning')
 MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
 STD = np.array(IMAGENET_STD, dtype=np.float32)
 

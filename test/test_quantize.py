@@ -20,6 +20,7 @@ from helpers_model import (
     random_frames,
     sample_image_rgb,
 )
+from helpers_slow import slow_fixture
 
 from posenet_ros.core.errors import (
     ConfigError,
@@ -46,8 +47,6 @@ from posenet_ros.model.relocalizer import Relocalizer
 from posenet_ros.training.config import load_config
 from posenet_ros.training.train import train
 
-# torch.jit.* emit FutureWarning deprecation notices in torch 2.14; TorchScript is still needed
-pytestmark = pytest.mark.filterwarnings('ignore:.*torch.jit.*:FutureWarning')
 CROP = 48
 N_CALIBRATION = 24
 # Bounds of test_int8_stays_close_to_fp32, as fractions of the mean pose's error: fp32 error,
@@ -56,7 +55,7 @@ N_CALIBRATION = 24
 BOUNDS = (0.22, 0.55, 0.35, 0.6)
 
 
-@pytest.fixture(scope='module')
+@slow_fixture(scope='module')
 def trained(tmp_path_factory):
     """A Lite0 model that learned a lap segment, its int8 copy and the held-out frames.
 
@@ -253,6 +252,7 @@ def test_static_same_padding_is_exact_at_the_crop_size(crop):
         torch.testing.assert_close(static(x), net(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_quantize_export_from_frames_in_memory(tmp_path):
     path = make_tiny_export(tmp_path, backbone='mobilenet_v3_small', crop=32, name='mnv3')
     result = quantize_export(path, list(random_frames((4, 40, 52, 3), seed=1)))
@@ -266,6 +266,7 @@ def test_quantize_export_from_frames_in_memory(tmp_path):
     torch.testing.assert_close(out[:, 3:7].norm(dim=1), torch.ones(2), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('backbone', BACKBONES)
 def test_every_backbone_quantizes(backbone):
     """All seven backbones go through FX quantization (33 px: odd sizes, 2x2 feature maps)."""

@@ -22,10 +22,6 @@ from posenet_ros.model.export import META_NAME, ExportedPoseNet, export_model
 from posenet_ros.model.network import build_posenet
 from posenet_ros.model.relocalizer import Relocalizer, main, resolve_device
 
-torch.set_num_threads(1)  # stable timings on a shared 2-core machine
-# torch.jit.* emit FutureWarning deprecation notices in torch 2.14; TorchScript is still needed
-pytestmark = pytest.mark.filterwarnings('ignore:.*torch.jit.*:FutureWarning')
-
 
 @pytest.fixture(scope='module')
 def model_ts(tmp_path_factory):

@@ -77,6 +77,7 @@ def bag(tmp_path_factory):
     return write_bag(tmp_path_factory.mktemp('replay') / 'bag', CFG, progress=False)
 
 
+@pytest.mark.slow
 def test_replay_delivers_every_message_in_order(bag, tmp_path):
     topics = ['/camera/image_raw', '/ground_truth/pose', '/tf_static']
     want = _bag_messages(bag, topics)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from helpers_learning import SABOTAGE, SEED, THREADS, check_below, sabotage_labels
+from helpers_slow import slow_fixture
 
 from posenet_ros.core.errors import SfMReconstructionError
 from posenet_ros.core.geometry import rotation_error_deg, translation_error
@@ -27,7 +28,7 @@ RATE = 10.0
 EPOCHS = 30  # relocalization test: 3 steps of 8 frames per epoch, ~50 s on one core
 
 
-@pytest.fixture(scope='module')
+@slow_fixture(scope='module')
 def scene_bag(tmp_path_factory):
     """A bag with 40 frames (320x240) of the first lap, camera_info and ground-truth poses."""
     root = tmp_path_factory.mktemp('sfm_label')

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from helpers_model import make_tiny_export
+from helpers_slow import slow_fixture
 
 from posenet_ros.core.errors import EvaluationError
 from posenet_ros.tools.studies import (
@@ -19,7 +20,7 @@ from posenet_ros.tools.studies import (
 from posenet_ros.tools.synthetic import SceneConfig, write_dataset
 
 
-@pytest.fixture(scope='module')
+@slow_fixture(scope='module')
 def tiny_ds(tmp_path_factory):
     torch.set_num_threads(1)  # 1 thread: several times faster than 2 on a busy 2-core CPU
     cfg = SceneConfig(width=64, height=48, fx=55.0, n_train=10, n_test=4)

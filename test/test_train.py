@@ -17,6 +17,7 @@ import torch
 from helpers_data import render_tiny_scene
 from helpers_learning import SEED, THREADS, check_below, sabotage_labels
 from helpers_model import one_torch_thread  # noqa: F401 (autouse: one torch thread)
+from helpers_slow import slow_fixture
 
 from posenet_ros.core.errors import (
     CheckpointError,
@@ -59,7 +60,7 @@ def _assert_same_state(a: dict, b: dict):
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.fixture(scope='module')
+@slow_fixture(scope='module')
 def reference(tiny, tmp_path_factory):
     """4 uninterrupted epochs: the run every resumed run must reproduce bit for bit."""
     out = tmp_path_factory.mktemp('ref')
@@ -229,6 +230,7 @@ def test_image_cache_reuse_invalidation_and_errors(tiny, tmp_path):
     assert not list((tmp_path / 'd').glob('*.npy'))
 
 
+@pytest.mark.slow
 def test_divergence_is_reported(tiny, tmp_path):
     cfg = tiny_cfg(tiny, tmp_path, optimizer='sgd', lr=1e30, epochs=2, val_split=None)
     with pytest.raises(TrainingDivergedError, match='lower lr'):

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from posenet_ros.model.export import read_metadata
@@ -38,6 +39,7 @@ def _worker(dataset: str, out: str) -> None:
     torch.save(result.model.state_dict(), f'{out}/rank{result.rank}.pt')
 
 
+@pytest.mark.slow
 def test_torchrun_two_process_gloo(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from helpers_data import render_tiny_scene

@@ -74,6 +74,7 @@ def test_holdout_rule_segments_per_sequence():
     assert holdout_split(one, 0.1, 10) == (one, [])
 
 
+@pytest.mark.slow
 def test_default_training_never_reads_the_test_split(no_test_images, tmp_path):
     ds = no_test_images
     # the test images are really unreadable: validating on them fails
@@ -100,6 +101,7 @@ def test_default_training_never_reads_the_test_split(no_test_images, tmp_path):
     assert meta['best_epoch'] == result.best_epoch is not None
 
 
+@pytest.mark.slow
 def test_selected_on_names_the_split_or_none(tiny_scene, tmp_path):
     named = train(_cfg(tiny_scene, tmp_path / 'a', val_split='test', epochs=1))
     assert read_metadata(named.export_ts)['training']['selected_on'] == 'test'
@@ -127,6 +129,7 @@ def test_bad_time_budget_names_the_format(bad):
         load_config(None, {'time_budget': bad})
 
 
+@pytest.mark.slow
 def test_time_budget_stops_exports_and_resumes(tiny_scene, tmp_path):
     """A 15 s budget for a run configured for 1000 epochs: fitted, stopped, exported."""
     budget = 15.0

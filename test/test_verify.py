@@ -16,6 +16,7 @@ import torch
 import transforms3d.quaternions as tq
 from helpers_learning import SEED, check_below, sabotage_labels
 from helpers_model import make_tiny_export
+from helpers_slow import slow_fixture
 
 from posenet_ros.cli import main as cli_main
 from posenet_ros.core.errors import (
@@ -95,7 +96,7 @@ def perturbed(sample, rng, metres: float = 0.5, degrees: float = 10.0):
     return sample.position + metres * d / np.linalg.norm(d), tq.qmult(dq, sample.quaternion)
 
 
-@pytest.fixture(scope='module')
+@slow_fixture(scope='module')
 def scene(tmp_path_factory):
     """Rendered dataset (seed 0), a random-init export and its map built by the real CLI."""
     torch.set_num_threads(1)
@@ -363,24 +364,10 @@ def test_covariance_matches_the_spread_of_repeated_solutions():
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
+def trained(scene_model):
     """A briefly trained export (ImageNet EfficientNet-Lite0, the demo's recipe) and its map."""
-    from posenet_ros.training.config import load_config
-    from posenet_ros.training.train import train
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp('trained')
-    cfg = SceneConfig(seed=2 + SEED, n_train=N_TRAIN, n_test=N_TEST)
-    ds = sabotage_labels(write_dataset(root / 'dataset', cfg, progress=False))
-    tcfg = load_config(Path(__file__).resolve().parents[1] / 'config' / 'train_demo_cpu.yaml',
-                       {'dataset': str(ds), 'run_dir': str(root / 'run'), 'name': 'trained',
-                        'export_dir': str(root), 'epochs': 4, 'resize': 64, 'crop': 56,
-                        'num_threads': 1, 'export_pt2': False, 'progress': False,
-                        'val_every': 100, 'cache_dir': str(root / 'cache'), 'map': True})
-    result = train(tcfg)  # --map: the map is built after the export
-    model = Path(result.export_ts)
-    assert result.map_path == default_map_path(model) and result.map_path.is_file()
-    return root, ds, model
+    assert (scene_model.cfg.n_train, scene_model.cfg.n_test) == (N_TRAIN, N_TEST)
+    return scene_model.root, scene_model.dataset, scene_model.model
 
 
 @pytest.mark.learning
