@@ -4,7 +4,7 @@
   plots are headless; each test module runs with one torch thread (a shared 2-core machine).
 * ``slow`` (``make test-fast`` leaves it out; ``helpers_slow``): tests that use a
   ``slow_fixture`` or are marked ``learning`` get the marker here. A test that is not slow but
-  trains a network, or uses more than ``FAST_CPU_LIMIT_S`` of CPU, fails.
+  trains a network fails; one that uses more than ``FAST_CPU_LIMIT_S`` of CPU gets a warning.
 * ``--cpu-durations N`` lists the N tests that used the most CPU time (set-up to tear-down,
   child processes included): on a machine shared with other jobs, a test's cost shows far
   better in CPU time than in wall time.
@@ -65,12 +65,17 @@ def pytest_runtest_makereport(item, call):
     if call.when == 'teardown' or report.skipped or item.get_closest_marker('slow'):
         return
     used = cpu_seconds() - item.stash[_cpu_start]
-    if _trained in item.stash:
-        reason = f'trains a network (an optimizer step over {item.stash[_trained]} parameters)'
-    elif call.when == 'call' and used > FAST_CPU_LIMIT_S:
-        reason = f'used {used:.1f} s of CPU, set-up included (the limit is {FAST_CPU_LIMIT_S:g} s)'
-    else:
+    if call.when == 'call' and used > FAST_CPU_LIMIT_S and _trained not in item.stash:
+        # A warning, not a failure: CPU time still depends on the machine, and a slower CPU
+        # than ours must not fail a test that is right.
+        item.warn(pytest.PytestWarning(
+            f'{item.nodeid} is not marked slow but used {used:.1f} s of CPU, set-up included '
+            f'(the fast set aims at {FAST_CPU_LIMIT_S:g} s a test): consider '
+            '@pytest.mark.slow'))
         return
+    if _trained not in item.stash:
+        return
+    reason = f'trains a network (an optimizer step over {item.stash[_trained]} parameters)'
     report.outcome = 'failed'
     report.longrepr = f'{item.nodeid} is not marked slow, but it {reason}: mark it ' \
                       '@pytest.mark.slow so that `make test-fast` leaves it out (docs/testing.md)'

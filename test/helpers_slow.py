@@ -3,8 +3,9 @@
 A test is slow when it is marked ``slow`` or ``learning`` in its file, or when it uses (directly
 or through another fixture) a fixture defined with :func:`slow_fixture`: one that trains a
 model, runs SfM, writes a ``.pt2`` or starts node processes. ``test/conftest.py`` adds the
-marker before ``-m`` deselects, and fails a test that is not slow but trains a network or uses
-more than :data:`FAST_CPU_LIMIT_S` of CPU, so nothing heavy slips into the fast set.
+marker before ``-m`` deselects, fails a test that is not slow but trains a network, and warns
+about one that uses more than :data:`FAST_CPU_LIMIT_S` of CPU, so nothing heavy slips into the
+fast set.
 """
 
 from __future__ import annotations
