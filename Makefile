@@ -12,10 +12,14 @@ setup:
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# Everything (what CI runs). test-fast: the tests that train nothing and start no node (< 1 min).
+# Everything (what CI runs), one test file per worker at a time on up to 4 cores (TEST_WORKERS=0:
+# one process). test-fast: the tests that train nothing and start no node (< 1 min).
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: setup
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 
 test-fast: setup
 	$(VENV)/bin/ruff check .

@@ -8,20 +8,31 @@
 * ``--cpu-durations N`` lists the N tests that used the most CPU time (set-up to tear-down,
   child processes included): on a machine shared with other jobs, a test's cost shows far
   better in CPU time than in wall time.
-* Trained fixtures are session-scoped: one model serves every file that asks for its recipe.
+* Trained fixtures are built once per run: one model serves every file that asks for its
+  recipe, on every xdist worker (``helpers_parallel.build_once``).
+* Parallel runs (``make test`` uses pytest-xdist, one file per worker at a time): each worker has
+  its own DDS domains, and files start costliest first, by the wall times of the last run.
 """
 
 import os
-import random
 import tempfile
 from types import SimpleNamespace
 
 import pytest
 from helpers_model import one_torch_thread  # noqa: F401 (autouse: one torch thread per module)
+from helpers_parallel import (
+    FILE_SECONDS_KEY,
+    build_once,
+    file_of,
+    order_costliest_first,
+    session_domain_id,
+)
 from helpers_slow import FAST_CPU_LIMIT_S, cpu_seconds, is_slow, slow_fixture, training_alarm
 
 # Isolate every test session: own DDS domain, discovery on localhost only, own ROS log dir.
-os.environ.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 101)))
+# An xdist worker inherits the controller's environment, so it always takes its own domain.
+if os.environ.get('PYTEST_XDIST_WORKER') or 'ROS_DOMAIN_ID' not in os.environ:
+    os.environ['ROS_DOMAIN_ID'] = str(session_domain_id())
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('ROS_LOG_DIR', tempfile.mkdtemp(prefix='posenet_ros_log_'))
 os.environ.setdefault('MPLBACKEND', 'Agg')
@@ -29,6 +40,7 @@ os.environ.setdefault('MPLBACKEND', 'Agg')
 _cpu_start = pytest.StashKey[float]()
 _trained = pytest.StashKey[int]()
 _cpu_used: list[tuple[float, str]] = []
+_file_seconds: dict[str, float] = {}
 
 
 def pytest_addoption(parser):
@@ -42,6 +54,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if is_slow(item):
             item.add_marker(pytest.mark.slow)
+    cache = getattr(config, 'cache', None)
+    order_costliest_first(items, cache.get(FILE_SECONDS_KEY, {}) if cache else {})
+
+
+def pytest_runtest_logreport(report):
+    """Add up each file's wall time (xdist's controller sees its workers' reports here too)."""
+    _file_seconds[file_of(report.nodeid)] = \
+        _file_seconds.get(file_of(report.nodeid), 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    """Remember each file's wall time, so that the next run starts the long files first."""
+    cache = getattr(session.config, 'cache', None)
+    if cache is None or os.environ.get('PYTEST_XDIST_WORKER') or not _file_seconds:
+        return
+    known = cache.get(FILE_SECONDS_KEY, {})
+    known.update({name: round(s, 1) for name, s in _file_seconds.items()})
+    cache.set(FILE_SECONDS_KEY, known)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -110,11 +140,15 @@ def scene_model(tmp_path_factory):
     from posenet_ros.tools.synthetic import SceneConfig, write_dataset
     from posenet_ros.verify.mapfile import default_map_path
 
-    root = tmp_path_factory.mktemp('scene_model')
     cfg = SceneConfig(seed=2 + SEED, n_train=80, n_test=24)
-    dataset = sabotage_labels(write_dataset(root / 'dataset', cfg, progress=False))
-    result = train_small_scene_model(root, dataset, epochs=4, build_map=True)
-    model = result.export_ts
-    assert result.map_path == default_map_path(model) and result.map_path.is_file()
-    return SimpleNamespace(root=root, cfg=cfg, dataset=dataset, model=model,
-                           map=result.map_path)
+
+    def build(root):
+        dataset = sabotage_labels(write_dataset(root / 'dataset', cfg, progress=False))
+        train_small_scene_model(root, dataset, epochs=4, build_map=True)
+
+    # One build per run: with xdist, the first worker that needs it trains, the others wait.
+    root = build_once(tmp_path_factory, f'scene_model_{SEED}', build)
+    model = root / 'models' / 'scene.ts'
+    assert model.is_file() and default_map_path(model).is_file(), sorted(root.rglob('*'))
+    return SimpleNamespace(root=root, cfg=cfg, dataset=root / 'dataset', model=model,
+                           map=default_map_path(model))

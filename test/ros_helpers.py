@@ -1,6 +1,7 @@
 """Run the relocalization node in its own process and talk to it from the test process.
 
-Isolation: every :class:`RosSession` picks a random ``ROS_DOMAIN_ID`` (1-101), restricts discovery
+Isolation: every :class:`RosSession` takes the next ``ROS_DOMAIN_ID`` of this test worker's slice
+(``helpers_parallel``: workers never share a domain), restricts discovery
 to localhost and gives the node its own ``ROS_LOG_DIR``; the test-side rclpy context joins the same
 domain through ``rclpy.init(domain_id=...)``.
 
@@ -14,7 +15,6 @@ cannot load rclpy's C extension, so :func:`ros_env` drops the marker whenever th
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -22,6 +22,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from helpers_parallel import next_domain_id
 
 from posenet_ros.ros.process import NODE_MODULE, NodeProcess, node_command
 
@@ -89,7 +91,7 @@ class RosSession:
     """
 
     def __init__(self, name: str = 'posenet_test_client', domain_id: int | None = None):
-        self.domain_id = domain_id or random.randint(1, 101)
+        self.domain_id = domain_id or next_domain_id()
         self.tmp = Path(tempfile.mkdtemp(prefix='posenet_ros_node_'))
         self.log_dir = self.tmp / 'ros_log'
         self.log_dir.mkdir()
