@@ -25,11 +25,14 @@ import dataclasses
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from posenet_ros.core import geometry
-from posenet_ros.model.relocalizer import Relocalizer
+
+if TYPE_CHECKING:  # torch loads with the model, not with the result types the node imports
+    from posenet_ros.model.relocalizer import Relocalizer
 
 __all__ = ['Localizer', 'FrameResult', 'Pose', 'diagonal_covariance',
            'DEFAULT_POSITION_STDDEV', 'DEFAULT_ORIENTATION_STDDEV']
@@ -148,8 +151,10 @@ class Localizer:
                  orientation_stddev: float = DEFAULT_ORIENTATION_STDDEV):
         # A path loads the export here; anything else is a loaded model runtime (a Relocalizer,
         # or an object with its interface, e.g. a test's wrapper around one).
-        self.relocalizer = (Relocalizer(model, device, warmup, warmup_size)
-                            if isinstance(model, (str, Path)) else model)
+        if isinstance(model, (str, Path)):
+            from posenet_ros.model.relocalizer import Relocalizer
+            model = Relocalizer(model, device, warmup, warmup_size)
+        self.relocalizer = model
         self.coarse_covariance = diagonal_covariance(position_stddev, orientation_stddev)
         self.map_localizer = None
         self.uses_features = False  # the map has retrieval features and the model makes them
