@@ -46,7 +46,7 @@ from posenet_ros.core.ros_conversions import (  # noqa: E402
     fill_pose,
     fill_stamp,
     msg_to_matrix,
-    stamp_to_ns,  # noqa: E402
+    stamp_to_ns,
 )
 from posenet_ros.ros.tf_buffer import TfBuffer, TfListener  # noqa: E402
 from posenet_ros.tools.synthetic import make_scene  # noqa: E402
