@@ -171,6 +171,7 @@ class Supervisor:
         self.last_disagreement: tuple[float, float] | None = None
         self._evidence: deque[_Evidence] = deque()
         self._suspended = False
+        self._seen_localizer = False  # it had a pose once: never auto-initialize it again
         self._last_send_ns: int | None = None
         self._deadline_ns: int | None = None  # while initializing / recovering
         self._retry_at_ns: int | None = None  # no new send before (back-off)
@@ -237,6 +238,7 @@ class Supervisor:
             localizer_covariance = localizer.covariance
         if loc_m is None:
             return self._without_localizer(stamp_ns, verified, odom_m)
+        self._seen_localizer = True
         if verified is None:
             if self.state == 'uninitialized':
                 self._set('unconfirmed', 'the localizer has a pose; no verified frame yet')
@@ -250,6 +252,11 @@ class Supervisor:
         cfg = self.config
         if self.state in ('initializing', 'failed'):
             return None  # judged by the deadline / stays failed until resumed
+        if self._seen_localizer:
+            # It had a pose: a look-up that failed now (TF late, a gap) is no reason to
+            # initialize a running localizer; say so and wait.
+            self.reason = 'no localizer pose at this stamp (TF gap?)'
+            return None
         self._set('uninitialized', 'the localizer has no pose (no map -> odom yet)')
         if verified is None or not (cfg.auto_initialize and cfg.recovery == 'auto'):
             return None
