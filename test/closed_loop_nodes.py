@@ -33,7 +33,7 @@ from nav_msgs.msg import OccupancyGrid
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, LaserScan
 from tf2_msgs.msg import TFMessage
@@ -61,6 +61,7 @@ _NS = 1_000_000_000
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+SCANS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 TF_STATIC_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -88,7 +89,7 @@ class RobotNode(Node):
             'clock': self.create_publisher(Clock, '/clock', 10),
             'tf': self.create_publisher(TFMessage, '/tf', TF_QOS),
             'tf_static': self.create_publisher(TFMessage, '/tf_static', TF_STATIC_QOS),
-            'scan': self.create_publisher(LaserScan, '/scan', RELIABLE),
+            'scan': self.create_publisher(LaserScan, '/scan', SCANS),
             'image': self.create_publisher(Image, '/camera/image_raw', RELIABLE),
             'info': self.create_publisher(CameraInfo, '/camera/camera_info', RELIABLE),
             'truth': self.create_publisher(PoseStamped, '/sim/truth', RELIABLE),
@@ -196,7 +197,9 @@ def run_robot(args) -> int:
                     return 0
                 node.apply(event)
             node.step(dt)
-            next_wall += dt / args.rtf
+            # Behind schedule (a busy machine), simulated time slows down instead of catching
+            # up in a burst of messages.
+            next_wall = max(next_wall + dt / args.rtf, time.monotonic())
             time.sleep(max(0.0, next_wall - time.monotonic()))
     except KeyboardInterrupt:
         return 0
@@ -217,8 +220,9 @@ class AmclNode(Node):
         group = MutuallyExclusiveCallbackGroup()  # scans, map and initial poses in turn
         self.create_subscription(OccupancyGrid, '/map', self._on_map, LATCHED,
                                  callback_group=group)
-        self.create_subscription(LaserScan, '/scan', self._on_scan, qos_profile_sensor_data,
-                                 callback_group=group)
+        # Reliable and deep, unlike nav2_amcl's sensor-data QoS: on this shared machine a burst
+        # of scans must not be dropped, or AMCL's accuracy would depend on the load.
+        self.create_subscription(LaserScan, '/scan', self._on_scan, SCANS, callback_group=group)
         self.create_subscription(PoseWithCovarianceStamped, '/initialpose', self._on_initial_pose,
                                  RELIABLE, callback_group=group)
         self.tf_pub = self.create_publisher(TFMessage, '/tf', TF_QOS)
