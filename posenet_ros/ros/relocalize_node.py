@@ -21,6 +21,8 @@ Outputs (see docs/node.md for the full tables):
   camera poses with the covariance of their PnP solution;
 * ``/diagnostics``: rates, inference p50/p95, frame age, dropped/rejected frames, model id,
   verification rate, inliers and refinement ms.
+* with ``recovery`` on (``node_supervise``): the supervision of the localizer that publishes
+  ``map -> odom``, its state on ``~/supervision`` and ``/initialpose`` when it is lost.
 
 The frame path is :class:`posenet_ros.localizer.Localizer` (one network pass per frame gives the
 coarse pose and the retrieval feature); this module and its ``node_*`` siblings are adapters:
