@@ -196,3 +196,15 @@ def test_the_node_initializes_watches_and_puts_back_a_localizer(robot):
         bot.drive(lambda: False, 2.0)
         assert len(bot.initial) == 2 and bot.state()['state'] == 'suspended'
         assert proc.alive(), proc.output()
+
+
+def test_recovery_with_parameters_it_cannot_work_with_stops_the_node_with_a_reason(robot):
+    from ros_helpers import failed_starts
+
+    base = {'model_path': str(robot['model']), 'device': 'cpu', 'recovery': 'auto'}
+    cases = {'refine_off': {**base, 'refine': 'off'},
+             'map_to_odom': {**base, 'tf_mode': 'map_to_odom'}}
+    with RosSession('posenet_supervise_bad') as session:
+        out = failed_starts(cases, session.env())
+    assert 'needs verified poses' in out['refine_off'] and 'refine' in out['refine_off']
+    assert 'tf_mode map_to_odom' in out['map_to_odom']
