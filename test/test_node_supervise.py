@@ -22,6 +22,7 @@ import pytest
 pytest.importorskip('rclpy')
 pytest.importorskip('tf2_msgs.msg', reason='tf2_msgs is not built into this environment')
 
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from ros_helpers import RosSession  # noqa: E402
@@ -68,7 +69,7 @@ class Robot:
         self.image = n.create_publisher(Image, '/sup/camera/image_raw', qos)
         self.tf = n.create_publisher(TFMessage, '/tf', qos)
         self.map_odom = None  # the localizer's belief; None: no pose yet
-        self.initial, self.states, self.truth = [], [], {}
+        self.initial, self.states, self.truth, self.diags = [], [], {}, {}
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.subs = [
@@ -77,6 +78,8 @@ class Robot:
             n.create_subscription(String, f'{NODE}/supervision',
                                   lambda m: self.states.append(json.loads(m.data)), latched),
         ]
+        self.subs.append(n.create_subscription(DiagnosticArray, '/diagnostics',
+                                               self._on_diag, qos))
         self.supervise = n.create_client(SetBool, f'{NODE}/supervise')
         self.i = 0
 
@@ -85,6 +88,12 @@ class Robot:
         t_map_base = ros_conversions.msg_to_matrix(msg.pose.pose)
         t_odom_base = self.truth[ros_conversions.stamp_to_ns(msg.header.stamp)]
         self.map_odom = geometry.compose(t_map_base, geometry.invert(t_odom_base))
+
+    def _on_diag(self, msg):
+        for st in msg.status:
+            if st.name.startswith(NODE):
+                self.diags[st.name.rsplit(': ', 1)[-1]] = (
+                    st.level[0], {kv.key: kv.value for kv in st.values})
 
     def _transform(self, stamp_ns, parent, child, matrix):
         tf = TransformStamped()
@@ -172,6 +181,14 @@ def test_the_node_initializes_watches_and_puts_back_a_localizer(robot):
         assert len(bot.initial) == 2 and st['state'] == 'localized' and st['reinits_sent'] == 1
         assert st['last_disagreement_m'] > 1.5 and st['compared'] > compared
         _check_sent(bot.initial[1], bot.truth)
+        assert session.spin_until(lambda: 'supervision' in bot.diags, 5.0)
+        session.spin_until(lambda: False, 0.6)  # a diagnostics period after the last frame
+        level, values = bot.diags['supervision']
+        assert level == 0 and values['state'] == 'localized' and values['reinits_sent'] == '1'
+        _, reloc = bot.diags['relocalization']
+        print(f"supervision: {reloc['verify_attempts']} verifications, refine ms p50 "
+              f"{reloc['refine_ms_p50']} (p95 {reloc['refine_ms_p95']}), inference ms p50 "
+              f"{reloc['inference_ms_p50']}, {len(bot.truth)} frames sent")
         # 4. suspended: wrong again, nothing is sent
         assert session.call(bot.supervise, SetBool.Request(data=False)).success
         bot.map_odom = geometry.compose(
@@ -179,3 +196,15 @@ def test_the_node_initializes_watches_and_puts_back_a_localizer(robot):
         bot.drive(lambda: False, 2.0)
         assert len(bot.initial) == 2 and bot.state()['state'] == 'suspended'
         assert proc.alive(), proc.output()
+
+
+def test_recovery_with_parameters_it_cannot_work_with_stops_the_node_with_a_reason(robot):
+    from ros_helpers import failed_starts
+
+    base = {'model_path': str(robot['model']), 'device': 'cpu', 'recovery': 'auto'}
+    cases = {'refine_off': {**base, 'refine': 'off'},
+             'map_to_odom': {**base, 'tf_mode': 'map_to_odom'}}
+    with RosSession('posenet_supervise_bad') as session:
+        out = failed_starts(cases, session.env())
+    assert 'needs verified poses' in out['refine_off'] and 'refine' in out['refine_off']
+    assert 'tf_mode map_to_odom' in out['map_to_odom']

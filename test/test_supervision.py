@@ -264,3 +264,18 @@ def test_the_sent_covariance_is_floored_and_stays_a_covariance():
     d.run(1.0)
     cov = d.actions[0].pose.covariance
     assert np.sqrt(cov[0, 0]) >= 0.05 - 1e-9 and np.sqrt(cov[5, 5]) >= math.radians(2) - 1e-9
+
+
+def test_a_localizer_pose_missing_for_a_while_is_not_initialized_again():
+    # map -> odom missing at some stamps (a TF gap) after the localizer had a pose: no
+    # 'initialize' for a running localizer, and it is judged again when the pose is back
+    sup = auto()
+    d = Drive(sup)
+    d.run(1.0)
+    loc = d.loc
+    d.loc = None
+    d.run(3.0)
+    assert d.actions == [] and sup.state == 'localized' and 'TF gap' in sup.reason
+    d.loc = loc
+    d.run(0.5)
+    assert d.actions == [] and sup.state == 'localized'

@@ -32,7 +32,7 @@ from posenet_ros.core.ros_conversions import stamp_to_ns
 from posenet_ros.ros.diagnostics import ERROR, OK, WARN
 from posenet_ros.supervision import Supervisor, SupervisorConfig
 
-__all__ = ['NodeSupervision', 'STATE_QOS', 'supervisor_config']
+__all__ = ['NodeSupervision', 'STATE_QOS', 'check_config', 'supervisor_config']
 
 # Latched: a late subscriber (rviz, a test, a monitor) gets the current state at once.
 STATE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -53,6 +53,19 @@ def supervisor_config(cfg: dict) -> SupervisorConfig:
         floor_orientation=cfg['covariance_floor_orientation'])
 
 
+def check_config(cfg: dict) -> None:
+    """Raise :class:`ConfigError` when ``recovery`` is on with parameters it cannot work with."""
+    if cfg['recovery'] == 'off':
+        return
+    if cfg['refine'] == 'off':
+        raise ConfigError(f'recovery {cfg["recovery"]} needs verified poses: set refine to '
+                          'request or continuous (and give the node its scene map)')
+    if cfg['tf_mode'] == 'map_to_odom':
+        raise ConfigError(f'recovery {cfg["recovery"]} supervises the localizer that publishes '
+                          'map -> odom, but tf_mode map_to_odom makes this node publish it: use '
+                          'tf_mode camera or none')
+
+
 class NodeSupervision:
     """Supervision of the node (see the module docstring); None of it runs with recovery off.
 
@@ -62,13 +75,7 @@ class NodeSupervision:
     """
 
     def __init__(self, node, cfg: dict, tf, outputs, warn):
-        if cfg['refine'] == 'off':
-            raise ConfigError(f'recovery {cfg["recovery"]} needs verified poses: set refine to '
-                              'request or continuous (and give the node its scene map)')
-        if cfg['tf_mode'] == 'map_to_odom':
-            raise ConfigError(f'recovery {cfg["recovery"]} supervises the localizer that '
-                              'publishes map -> odom, but tf_mode map_to_odom makes this node '
-                              'publish it: use tf_mode camera or none')
+        check_config(cfg)
         if tf.buffer is None:
             raise ConfigError(f'recovery {cfg["recovery"]} needs TF look-ups (tf2_ros or '
                               'tf2_msgs) for map -> base and odom -> base')

@@ -258,6 +258,18 @@ def descriptor(spec: ParamSpec):
     return desc
 
 
+def _declared(node, name: str):
+    """A declared parameter (``.value`` None while unset, e.g. ``camera_in_base: []``)."""
+    from types import SimpleNamespace
+
+    from rclpy.exceptions import ParameterUninitializedException
+
+    try:
+        return node.get_parameter(name)
+    except ParameterUninitializedException:
+        return SimpleNamespace(value=None)
+
+
 def declare(node) -> dict:
     """Declare every parameter on ``node`` and return the validated values.
 
@@ -278,7 +290,7 @@ def declare(node) -> dict:
         default = Parameter.Type.DOUBLE_ARRAY if spec.default == [] else spec.default
         try:
             # Declared once: a managed node configured again after cleanup reads them back.
-            param = (node.get_parameter(spec.name) if node.has_parameter(spec.name) else
+            param = (_declared(node, spec.name) if node.has_parameter(spec.name) else
                      node.declare_parameter(spec.name, default, descriptor(spec)))
         except Exception as exc:  # rclpy: wrong type / out of range in a params file
             hint = (' (write doubles with a decimal point, e.g. 3.0 or [0.0, 1.0])'

@@ -21,6 +21,8 @@ Outputs (see docs/node.md for the full tables):
   camera poses with the covariance of their PnP solution;
 * ``/diagnostics``: rates, inference p50/p95, frame age, dropped/rejected frames, model id,
   verification rate, inliers and refinement ms.
+* with ``recovery`` on (``node_supervise``): the supervision of the localizer that publishes
+  ``map -> odom``, its state on ``~/supervision`` and ``/initialpose`` when it is lost.
 
 The frame path is :class:`posenet_ros.localizer.Localizer` (one network pass per frame gives the
 coarse pose and the retrieval feature); this module and its ``node_*`` siblings are adapters:
@@ -86,7 +88,7 @@ from posenet_ros.ros.diagnostics import NodeStats, ThrottledLog
 from posenet_ros.ros.frames import FrameStager
 from posenet_ros.ros.node_outputs import OUTPUT_QOS, NodeOutputs
 from posenet_ros.ros.node_requests import RequestBook, answer_payload, response_text
-from posenet_ros.ros.node_supervise import NodeSupervision
+from posenet_ros.ros.node_supervise import NodeSupervision, check_config
 from posenet_ros.ros.node_tf import Mount, NodeTf
 from posenet_ros.ros.node_types import NewestSlot, NodeFrame
 from posenet_ros.ros.node_verify import CameraInfo as _CameraInfo
@@ -132,6 +134,7 @@ class RelocalizerNode(Node):
     def _configure(self) -> None:
         """Parameters, model and map (raises a PoseNetError with the fix when one is wrong)."""
         self._cfg = P.declare(self)
+        check_config(self._cfg)  # before the slow loading
         self._stats = NodeStats()
         self._warn = ThrottledLog(self._log.warning, lambda: self._cfg['log_throttle']).warn
         self._load_model()
