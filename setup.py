@@ -36,6 +36,7 @@ setup(
         'console_scripts': [
             'posenet-ros = posenet_ros.cli:main',
             'relocalize_node = posenet_ros.ros.relocalize_node:main',
+            'relocalize_lifecycle_node = posenet_ros.ros.node_lifecycle:main',
         ],
     },
 )

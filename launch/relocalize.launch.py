@@ -16,6 +16,7 @@ import os
 
 PACKAGE = 'posenet_ros'
 EXECUTABLE = 'relocalize_node'
+MANAGED_EXECUTABLE = 'relocalize_lifecycle_node'  # launch argument managed:=true
 NODE_NAME = 'posenet_relocalizer'
 PARAMS_FILE = os.path.join('config', 'relocalize.yaml')
 SHM_PROFILE = os.path.join('config', 'fastdds_shm.xml')
@@ -42,6 +43,8 @@ ARGUMENTS = (
     ('params_file', '', 'parameters YAML; empty = the installed config/relocalize.yaml', None),
     ('namespace', '', 'namespace of the node (its ~/ topics and services move with it)', None),
     ('log_level', 'info', 'logging level: debug, info, warn, error or fatal', None),
+    ('managed', 'false', 'true: run the lifecycle node (relocalize_lifecycle_node), which waits '
+     'for configure and activate, e.g. from nav2_lifecycle_manager', None),
     ('fastdds_shm', 'false', 'true: run the node with config/fastdds_shm.xml (16 MiB shared '
      'memory segment; use it for the camera driver too)', None),
 )
@@ -71,8 +74,10 @@ def generate_launch_description():
         env = {}
         if LaunchConfiguration('fastdds_shm').perform(context).lower() in ('1', 'true', 'yes'):
             env['FASTDDS_DEFAULT_PROFILES_FILE'] = os.path.join(share, SHM_PROFILE)
+        managed = LaunchConfiguration('managed').perform(context).lower() in ('1', 'true', 'yes')
         return [Node(
-            package=PACKAGE, executable=EXECUTABLE, name=NODE_NAME,
+            package=PACKAGE, executable=MANAGED_EXECUTABLE if managed else EXECUTABLE,
+            name=NODE_NAME,
             namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
             parameters=[params_file, overrides], additional_env=env,
             ros_arguments=['--log-level', LaunchConfiguration('log_level')])]

@@ -36,10 +36,11 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 log "installing pinned dependencies (torch is large: first run takes a few minutes)"
 "${PIP[@]}" install --progress-bar off -q -r "$ROOT/requirements/core.txt" \
-  -r "$ROOT/requirements/ros.txt" -r "$ROOT/requirements/ros-build.txt" 2>&1 \
+  -r "$ROOT/requirements/ros.txt" -r "$ROOT/requirements/ros-build.txt" \
+  -r "$ROOT/requirements/test.txt" 2>&1 \
   | grep -v "^WARNING: Location" >&2 || true
 # grep above hides the noisy find-links warnings; check the install really succeeded.
-"$VENV/bin/python" -c 'import torch, torchvision, cv2, rosbags, transforms3d' \
+"$VENV/bin/python" -c 'import torch, torchvision, cv2, rosbags, transforms3d, amcl' \
   || { log "dependency install failed"; exit 1; }
 
 # --- tf2_msgs: not on PyPI; build the one-message interface package into the venv -------------

@@ -47,7 +47,9 @@ not take. So the hint must be within a few centimetres and 1 deg (yaw) of the TR
 and equal to the answer's camera pose composed with the bag's /tf_static mount: both fail if the
 node sent the camera pose (the camera is 1 m above and 0.2 m ahead of base_link), or a pose
 through a wrong extrinsic. If the tiny model ever fails to verify, the call answers
-``success: false`` and this test fails with the node's reason.
+``success: false`` and this test fails with the node's reason. Journey 2's params file also
+turns supervision on (``recovery: auto``): next to the bag's localizer (its ``map -> odom`` is
+right) the node must report it ``localized`` and send nothing by itself.
 """
 
 from __future__ import annotations
@@ -390,17 +392,22 @@ def _relocalize_lost_robot(work: dict, initial_topic: str):
     Returns the service's answer, the ``/initialpose`` messages received, and the node's log.
     """
     from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from ros_helpers import RosSession
+    from std_msgs.msg import String
     from std_srvs.srv import Trigger
 
     from posenet_ros.ros.replay import BagPlayer
 
     node_argv, service, ns = _amcl_commands(work['values'])
     qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-    initial, poses = [], []
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    initial, poses, states = [], [], []
     with RosSession('posenet_journey_amcl') as s, _node(s, node_argv, work['dir']) as output:
         s.node.create_subscription(PoseWithCovarianceStamped, initial_topic, initial.append, qos)
+        s.node.create_subscription(String, f'{ns}/posenet_relocalizer/supervision',
+                                   lambda m: states.append(json.loads(m.data)), latched)
         s.node.create_subscription(PoseStamped, f'{ns}/posenet_relocalizer/pose', poses.append,
                                    qos)
         client = s.node.create_client(Trigger, service)
@@ -412,14 +419,17 @@ def _relocalize_lost_robot(work: dict, initial_topic: str):
         thread = threading.Thread(target=lambda: player.play(wait=30.0, every_topic=True),
                                   daemon=True)
         thread.start()
-        # The robot is lost: ask once the node is localizing frames.
-        assert s.spin_until(lambda: poses, 120), output()[-3000:]
+        # recovery: auto watches the bag's localizer (its map -> odom is right): it agrees
+        assert s.spin_until(lambda: poses and states and states[-1]['state'] == 'localized',
+                            120), (states[-1:], output()[-3000:])
+        # ... and sends nothing; the hint below is the service's. Asked by hand:
         future = client.call_async(Trigger.Request())
         assert s.spin_until(future.done, 120), output()[-3000:]
         answer = future.result()
         assert s.spin_until(lambda: initial or not answer.success, 30)
         s.spin_until(lambda: not thread.is_alive(), 60)
         player.close()
+    assert states[-1]['inits_sent'] == states[-1]['reinits_sent'] == 0, states[-1]
     return answer, initial, output()
 
 

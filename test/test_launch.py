@@ -59,6 +59,7 @@ def test_executable_node_name_and_files_exist():
     assert mod.NODE_NAME == _node_module_constant('NODE_NAME') == 'posenet_relocalizer'
     setup_text = (ROOT / 'setup.py').read_text()
     assert f"'{mod.EXECUTABLE} = posenet_ros.ros.relocalize_node:main'" in setup_text
+    assert f"'{mod.MANAGED_EXECUTABLE} = posenet_ros.ros.node_lifecycle:main'" in setup_text
     assert (ROOT / mod.PARAMS_FILE).is_file()
     root = ET.parse(ROOT / mod.SHM_PROFILE).getroot()
     ns = {'d': 'http://www.eprosima.com'}

@@ -237,8 +237,11 @@ def test_relocalize_answers_from_a_verified_pose_only(session, scene, nodes):
     np.testing.assert_allclose(got_pos, want[:3, 3], atol=1e-6)
     cov = np.asarray(init.pose.covariance).reshape(6, 6)
     assert np.allclose(cov, cov.T) and np.all(np.linalg.eigvalsh(cov) > 0)
-    # the verified covariance (mm to cm), not the coarse parameters' 0.5 m
+    # the verified covariance (mm to cm), not the coarse parameters' 0.5 m, floored at the
+    # default 0.05 m / 0.035 rad so that AMCL's particles cover a small error
     assert np.sqrt(np.max(np.diag(cov)[:3])) < 0.1
+    assert np.linalg.eigvalsh(cov[:3, :3]).min() >= 0.05 ** 2 * 0.999
+    assert np.linalg.eigvalsh(cov[3:, 3:]).min() >= 0.035 ** 2 * 0.999
     d = c.diag(lambda d: int(d.get('verify_verified', '0')) >= 1)
     assert d['refine'] == 'request' and d['intrinsics_source'] == 'camera_info'
     assert float(d['refine_ms_p50']) > 0 and int(d['camera_info_received']) >= 1
@@ -279,6 +282,7 @@ def test_continuous_mode_publishes_verified_poses_and_keeps_the_coarse_rate(sess
         assert t_err < WRONG_M and r_err < WRONG_DEG, (i, t_err, r_err)
         cov = np.asarray(msg.pose.covariance).reshape(6, 6)
         assert np.all(np.linalg.eigvalsh(0.5 * (cov + cov.T)) > 0)
+        assert np.linalg.eigvalsh(cov[:3, :3]).min() >= 0.05 ** 2 * 0.999  # the floor
         sigma = float(np.sqrt(np.trace(cov[:3, :3])))
         assert t_err < 5 * sigma, (i, t_err, sigma)  # the covariance is honest
         t_errs.append(t_err)

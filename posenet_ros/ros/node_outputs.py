@@ -15,6 +15,7 @@ from rclpy.time import Time
 from posenet_ros.core import geometry, ros_conversions
 from posenet_ros.localizer import Pose
 from posenet_ros.ros.node_types import NodeFrame
+from posenet_ros.supervision import floor_covariance
 
 __all__ = ['OUTPUT_QOS', 'TF_QOS', 'NodeOutputs', 'fill_pose']
 
@@ -31,12 +32,13 @@ def fill_pose(msg, pose: Pose) -> None:
     ros_conversions.fill_pose(msg, pose.position, pose.quaternion_wxyz)
 
 
-def _with_covariance(stamp, frame_id: str, pose: Pose) -> PoseWithCovarianceStamped:
+def _with_covariance(stamp, frame_id: str, pose: Pose, floor=None) -> PoseWithCovarianceStamped:
     msg = PoseWithCovarianceStamped()
     msg.header.stamp = stamp
     msg.header.frame_id = frame_id
     fill_pose(msg.pose.pose, pose)
-    msg.pose.covariance = [float(v) for v in pose.covariance.reshape(-1)]
+    cov = pose.covariance if floor is None else floor_covariance(pose.covariance, *floor)
+    msg.pose.covariance = [float(v) for v in cov.reshape(-1)]
     return msg
 
 
@@ -103,13 +105,21 @@ class NodeOutputs:
         if self.verified is None or frame.result.refined is None:
             return
         self.verified.publish(_with_covariance(frame.result.stamp, self.map_frame(),
-                                               frame.result.refined))
+                                               frame.result.refined, self._floor()))
         self._stats.count('verified_published')
 
     def publish_initial_pose(self, frame: NodeFrame) -> None:
         """The base pose (refined when verified) once for a batch of ``~/relocalize`` calls."""
-        self.initial.publish(_with_covariance(frame.result.stamp, self.map_frame(),
-                                              frame.result.best_base))
+        self.publish_initial(frame.result.stamp, frame.result.best_base)
+
+    def publish_initial(self, stamp, pose: Pose) -> None:
+        """An initial-pose hint: ``T_map_base`` with its covariance floored (any thread)."""
+        self.initial.publish(_with_covariance(stamp, self.map_frame(), pose, self._floor()))
+
+    def _floor(self) -> tuple[float, float]:
+        # A PnP covariance of millimetres would make AMCL seed a point-sized particle cloud
+        # that cannot absorb the mount's or the stamp's error (docs/node.md, "Covariance floor").
+        return self._cfg['covariance_floor_position'], self._cfg['covariance_floor_orientation']
 
     def _publish_tf(self, frame: NodeFrame) -> None:
         cfg, result = self._cfg, frame.result

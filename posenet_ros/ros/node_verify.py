@@ -54,6 +54,8 @@ class VerificationWorker:
         self.info_topic = info_topic
         self.camera_info: CameraInfo | None = None
         self.intrinsics_source = 'none yet'
+        # Called with every verification attempt's FrameResult (supervision), on this thread.
+        self.supervise = None
         self._jobs = NewestSlot()
         self._thread = threading.Thread(target=self._run, name='posenet_verify', daemon=True)
         self._thread.start()
@@ -108,6 +110,8 @@ class VerificationWorker:
         ver = result.verification
         self._stats.verified(ver.status, ver.reason, ver.n_inliers,
                              (time.perf_counter() - t0) * 1000.0)
+        if self.supervise is not None:
+            self.supervise(result)
         if not result.verified:
             for r in frame.pending:
                 r.last_error = f'not verified ({ver.status}: {ver.reason})'

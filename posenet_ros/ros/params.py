@@ -22,6 +22,7 @@ TF_MODES = ('camera', 'map_to_odom', 'none')
 TRANSPORTS = ('raw', 'compressed')
 RELIABILITIES = ('best_effort', 'reliable')
 REFINE_MODES = ('off', 'request', 'continuous')
+RECOVERY_MODES = ('off', 'report', 'auto')
 DEVICES_HELP = "'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available, else cpu)"
 
 
@@ -117,6 +118,39 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec('relocalize_timeout', 2.0, 'longest wait (s) of ~/relocalize for a valid (with '
               'refine on: verified) frame',
               min=0.05, max=60.0),
+    # --- supervision of a localizer (docs/node.md, "Supervision") ---
+    ParamSpec('recovery', 'off', 'supervise the localizer that publishes map -> odom (AMCL, ...) '
+              'with verified poses: off; report: state on ~/supervision and /diagnostics only; '
+              'auto: also send one initial pose when it is lost, and retry (needs refine on)',
+              read_only=True, choices=RECOVERY_MODES, yaml_off=True),
+    ParamSpec('auto_initialize', True, 'with recovery auto: initialize a localizer that has no '
+              'pose yet (no map -> odom) from the first consistent verified poses'),
+    ParamSpec('supervision_rate', 2.0, 'verification budget of supervision (verified frames/s) '
+              'when refine is request; continuous verifies every frame anyway', min=0.1,
+              max=100.0),
+    ParamSpec('supervise_position_error', 0.5, 'a verified pose disagrees with the localizer '
+              'beyond this (m), raised to 3 sigma of both covariances', min=0.01, max=100.0),
+    ParamSpec('supervise_angle_error', 10.0, 'the same in angle (deg)', min=0.1, max=180.0),
+    ParamSpec('supervise_min_frames', 3, 'disagreeing verified frames, consistent with each '
+              'other through odometry, that make the localizer lost', min=2, max=100),
+    ParamSpec('supervise_min_span', 0.3, '... spanning at least this long (s)', min=0.0,
+              max=60.0),
+    ParamSpec('reinit_timeout', 3.0, 'wait this long (s) for the localizer to agree after an '
+              'initial pose', min=0.1, max=600.0),
+    ParamSpec('max_reinit_attempts', 3, 'initial poses sent per recovery before the state is '
+              'failed (retries wait 2, 4, 8... s more)', min=1, max=100),
+    ParamSpec('min_reinit_interval', 5.0, 'minimum time (s) between two initial poses sent by '
+              'supervision', min=0.0, max=3600.0),
+    ParamSpec('max_speed', 0.0, 'send no initial pose while odometry says the base moves faster '
+              'than this (m/s); 0 = no limit', min=0.0, max=100.0),
+    ParamSpec('localizer_pose_topic', '', "the localizer's PoseWithCovarianceStamped (e.g. "
+              '/amcl_pose): its covariance widens the disagreement thresholds; empty = TF only',
+              read_only=True),
+    ParamSpec('covariance_floor_position', 0.05, 'minimum standard deviation (m) of every '
+              'position direction on /initialpose and ~/verified_pose, so that AMCL spreads its '
+              'particles over a small error', min=0.0, max=100.0),
+    ParamSpec('covariance_floor_orientation', 0.035, 'the same for rotations (rad; 0.035 = 2 '
+              'deg)', min=0.0, max=math.pi),
     # --- diagnostics ---
     ParamSpec('diagnostics_period', 1.0, 'period (s) of /diagnostics messages', read_only=True,
               min=0.05, max=60.0),
@@ -224,6 +258,18 @@ def descriptor(spec: ParamSpec):
     return desc
 
 
+def _declared(node, name: str):
+    """A declared parameter (``.value`` None while unset, e.g. ``camera_in_base: []``)."""
+    from types import SimpleNamespace
+
+    from rclpy.exceptions import ParameterUninitializedException
+
+    try:
+        return node.get_parameter(name)
+    except ParameterUninitializedException:
+        return SimpleNamespace(value=None)
+
+
 def declare(node) -> dict:
     """Declare every parameter on ``node`` and return the validated values.
 
@@ -243,7 +289,9 @@ def declare(node) -> dict:
         # make it a byte array, so declare the type and let the value be unset.
         default = Parameter.Type.DOUBLE_ARRAY if spec.default == [] else spec.default
         try:
-            param = node.declare_parameter(spec.name, default, descriptor(spec))
+            # Declared once: a managed node configured again after cleanup reads them back.
+            param = (_declared(node, spec.name) if node.has_parameter(spec.name) else
+                     node.declare_parameter(spec.name, default, descriptor(spec)))
         except Exception as exc:  # rclpy: wrong type / out of range in a params file
             hint = (' (write doubles with a decimal point, e.g. 3.0 or [0.0, 1.0])'
                     if isinstance(spec.default, (float, list)) else '')

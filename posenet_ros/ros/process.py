@@ -28,9 +28,12 @@ def ros_arg(value) -> str:
 
 
 def node_command(params: dict, params_file: str | Path | None = None,
-                 extra_args: tuple[str, ...] = ()) -> list[str]:
-    """The command line that runs the node with ``params`` (``-p`` overrides of the file)."""
-    cmd = [sys.executable, '-m', NODE_MODULE, '--ros-args']
+                 extra_args: tuple[str, ...] = (), module: str = NODE_MODULE) -> list[str]:
+    """The command line that runs the node with ``params`` (``-p`` overrides of the file).
+
+    ``module``: the node's module (``posenet_ros.ros.node_lifecycle`` for the managed node).
+    """
+    cmd = [sys.executable, '-m', module, '--ros-args']
     if params_file is not None:
         cmd += ['--params-file', str(params_file)]
     for key, value in params.items():
@@ -43,8 +46,8 @@ class NodeProcess:
 
     def __init__(self, params: dict, env: dict, log_path: str | Path,
                  params_file: str | Path | None = None, extra_args: tuple[str, ...] = (),
-                 cwd: str | Path | None = None):
-        self.cmd = node_command(params, params_file, extra_args)
+                 cwd: str | Path | None = None, module: str = NODE_MODULE):
+        self.cmd = node_command(params, params_file, extra_args, module)
         self.log_path = Path(log_path)
         self._log = open(self.log_path, 'w', encoding='utf-8')  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.cmd, env=env, stdout=self._log,

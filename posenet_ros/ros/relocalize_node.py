@@ -21,6 +21,8 @@ Outputs (see docs/node.md for the full tables):
   camera poses with the covariance of their PnP solution;
 * ``/diagnostics``: rates, inference p50/p95, frame age, dropped/rejected frames, model id,
   verification rate, inliers and refinement ms.
+* with ``recovery`` on (``node_supervise``): the supervision of the localizer that publishes
+  ``map -> odom``, its state on ``~/supervision`` and ``/initialpose`` when it is lost.
 
 The frame path is :class:`posenet_ros.localizer.Localizer` (one network pass per frame gives the
 coarse pose and the retrieval feature); this module and its ``node_*`` siblings are adapters:
@@ -86,6 +88,7 @@ from posenet_ros.ros.diagnostics import NodeStats, ThrottledLog
 from posenet_ros.ros.frames import FrameStager
 from posenet_ros.ros.node_outputs import OUTPUT_QOS, NodeOutputs
 from posenet_ros.ros.node_requests import RequestBook, answer_payload, response_text
+from posenet_ros.ros.node_supervise import NodeSupervision, check_config
 from posenet_ros.ros.node_tf import Mount, NodeTf
 from posenet_ros.ros.node_types import NewestSlot, NodeFrame
 from posenet_ros.ros.node_verify import CameraInfo as _CameraInfo
@@ -112,21 +115,42 @@ class _Slot:
 
 
 class RelocalizerNode(Node):
-    """PoseNet relocalization node; see the module docstring and docs/node.md."""
+    """PoseNet relocalization node; see the module docstring and docs/node.md.
+
+    Built in two steps, which the managed variant (``node_lifecycle``) runs as lifecycle
+    transitions: :meth:`_configure` (parameters, model, map) and :meth:`_activate` (TF,
+    publishers, services, threads, subscriptions).
+    """
+
+    _managed = False  # the lifecycle variant configures and activates on request
 
     def __init__(self, **node_kwargs):
         super().__init__(NODE_NAME, **node_kwargs)
         self._log = self.get_logger()
+        if not self._managed:
+            self._configure()
+            self._activate()
+
+    def _configure(self) -> None:
+        """Parameters, model and map (raises a PoseNetError with the fix when one is wrong)."""
         self._cfg = P.declare(self)
+        check_config(self._cfg)  # before the slow loading
         self._stats = NodeStats()
         self._warn = ThrottledLog(self._log.warning, lambda: self._cfg['log_throttle']).warn
         self._load_model()
         self._load_map()
+        if not getattr(self, '_param_callbacks', False):
+            self.add_on_set_parameters_callback(self._on_set_parameters)
+            self.add_post_set_parameters_callback(self._after_set_parameters)
+            self._param_callbacks = True
+
+    def _activate(self) -> None:
+        """TF, outputs, services, the worker threads and, last, the input subscriptions."""
         frames = self._localizer.metadata.get('frames') or {}
         self._camera_frame_default = str(frames.get('camera_frame') or 'camera_optical')
         cfg = self._cfg
-        self._tf = NodeTf(self, cfg['tf_mode'] == 'map_to_odom' or cfg['use_tf_extrinsic'],
-                          self._log)
+        self._tf = NodeTf(self, cfg['tf_mode'] == 'map_to_odom' or cfg['use_tf_extrinsic']
+                          or cfg['recovery'] != 'off', self._log)
         self._outputs = NodeOutputs(self, cfg, str(frames.get('map_frame') or 'map'),
                                     self._stats, self._tf, self._warn)
         if self._tf.buffer is None and self._outputs.tf_mode == 'map_to_odom':
@@ -134,6 +158,8 @@ class RelocalizerNode(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', OUTPUT_QOS)
         self._requests = RequestBook()
         self._setup_services()
+        self._supervision = (None if cfg['recovery'] == 'off' else
+                             NodeSupervision(self, cfg, self._tf, self._outputs, self._warn))
 
         self._frames = NewestSlot()  # executor thread -> worker, newest frame wins
         self._last_output = -math.inf  # worker thread only
@@ -143,6 +169,8 @@ class RelocalizerNode(Node):
         if cfg['refine'] != 'off':
             self._verifier = VerificationWorker(self._localizer, self._outputs, self._serve,
                                                 self._stats, self._warn, '')
+            if self._supervision is not None:
+                self._verifier.supervise = self._supervision.on_verified
         self._subscribe()  # last: the model is loaded and warm before the first frame arrives
         if self._verifier is not None:
             self._verifier.info_topic = self._info_topic
@@ -151,7 +179,8 @@ class RelocalizerNode(Node):
             f'{self._input_topic} ({cfg["image_transport"]}, {cfg["input_reliability"]}), '
             f'tf_mode {self._outputs.tf_mode}, map frame {self._outputs.map_frame()}, refine '
             f'{cfg["refine"]}' + (f' (camera_info {self._info_topic})'
-                                  if cfg['refine'] != 'off' else ''))
+                                  if cfg['refine'] != 'off' else '')
+            + (f', recovery {cfg["recovery"]}' if cfg['recovery'] != 'off' else ''))
 
     # --- set-up ---------------------------------------------------------------------------------
     def _load_model(self) -> None:
@@ -217,8 +246,6 @@ class RelocalizerNode(Node):
                             callback_group=self._srv_group)
         self.create_service(SetBool, '~/enable', self._on_enable)
         self.create_timer(self._cfg['diagnostics_period'], self._publish_diagnostics)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.add_post_set_parameters_callback(self._after_set_parameters)
 
     def _subscribe(self) -> None:
         qos = input_qos(self._cfg['input_reliability'])
@@ -305,10 +332,13 @@ class RelocalizerNode(Node):
             except Exception as exc:  # never let one frame kill the worker
                 self._reject('internal', f'{type(exc).__name__}: {exc}', pending)
 
-    def _admit(self, slot: _Slot, pending: list) -> tuple[bool, float | None]:
-        """``(process it?, frame age in s or None)``: the rate limit and the stale check."""
+    def _admit(self, slot: _Slot, pending: list, due: bool) -> tuple[bool, float | None]:
+        """``(process it?, frame age in s or None)``: the rate limit and the stale check.
+
+        ``due``: supervision wants this frame verified (its budget allows one).
+        """
         cfg = self._cfg
-        if not pending:
+        if not pending and not due:
             if not cfg['continuous']:
                 self._stats.count('idle')
                 return False, None
@@ -350,7 +380,8 @@ class RelocalizerNode(Node):
 
     def _process(self, slot: _Slot, pending: list) -> None:
         cfg = self._cfg
-        admitted, age = self._admit(slot, pending)
+        due = self._supervision is not None and self._supervision.due(slot.t_received)
+        admitted, age = self._admit(slot, pending, due)
         decoded = self._decode(slot, pending) if admitted else None
         if decoded is None:
             return
@@ -368,7 +399,7 @@ class RelocalizerNode(Node):
         self._stats.processed((time.perf_counter() - t0) * 1000.0, age,
                               float(result.raw_quat_norm))
         camera_frame = cfg['camera_frame'] or header.frame_id or self._camera_frame_default
-        publish = cfg['continuous'] or not pending
+        publish = cfg['continuous']
         if publish:  # the camera pose first: the mount look-up adds no latency to it
             self._outputs.publish_camera(result)
         mount = self._mount(camera_frame, header.stamp)  # the frame's one look-up of the mount
@@ -379,7 +410,7 @@ class RelocalizerNode(Node):
         if cfg['refine'] == 'off':
             if pending:
                 self._serve(frame)
-        elif pending or cfg['refine'] == 'continuous':
+        elif pending or due or cfg['refine'] == 'continuous':
             # Verification needs the host RGB frame (the CPU path already staged it).
             frame.rgb = to_rgb(raw) if self._stager.tensor_path else staged
             self._verifier.hand_over(frame)
@@ -480,6 +511,9 @@ class RelocalizerNode(Node):
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [status]
+        if self._supervision is not None:
+            arr.status.append(self._supervision.diagnostic(self.get_fully_qualified_name(),
+                                                           self._model_id))
         self._diag_pub.publish(arr)
 
     def destroy_node(self) -> None:
@@ -501,8 +535,12 @@ def _spin(executor, stop: threading.Event) -> None:
         stop.set()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console-script entry: run the node until SIGINT/SIGTERM; exit 1 on start-up errors."""
+def main(argv: list[str] | None = None, node_class=None) -> int:
+    """Console-script entry: run the node until SIGINT/SIGTERM; exit 1 on start-up errors.
+
+    ``node_class``: the node to run (default :class:`RelocalizerNode`; the managed variant's
+    entry point passes its own).
+    """
     args = sys.argv if argv is None else argv
     # The worker thread takes frames over from the executor thread, which goes on running
     # Python (rclpy rebuilds its wait set) after the callback: a woken worker waits up to the GIL
@@ -515,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C interrupts loading as usual.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
-        node = RelocalizerNode()
+        node = (node_class or RelocalizerNode)()
     except PoseNetError as exc:
         rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {exc}')
         rclpy.try_shutdown()
