@@ -81,6 +81,7 @@ class BagStats:
     n_no_pose: int = 0  # no pose within max_gap (outside the pose time range or a gap)
     no_pose_reasons: dict = field(default_factory=dict)  # {reason: images}, summing to n_no_pose
     edges: dict = field(default_factory=dict)  # {edge: rate_hz, max_gap, future_dated (s)}
+    split_check: dict = field(default_factory=dict)  # extract-bag: test near-copies (splits.py)
     n_undecodable: int = 0  # image payload could not be converted
     n_poses: int = 0  # pose samples (or TF transforms of the chain)
     n_zero_stamps: int = 0  # messages whose header stamp was 0 (record time used)
@@ -96,6 +97,11 @@ class BagStats:
     def as_dict(self) -> dict:
         """JSON-friendly dict (stored in an extracted dataset's dataset.json)."""
         return asdict(self)
+
+    def reasons(self) -> str:
+        """The frames left without a label, by reason (``'none'`` when every frame has one)."""
+        items = sorted(self.no_pose_reasons.items(), key=lambda kv: -kv[1])
+        return '; '.join(f'{n} {why}' for why, n in items) or 'none'
 
 
 def _stamp_ns(header, record_ns: int, stats: BagStats) -> int:
@@ -416,14 +422,9 @@ class BagDataset:
             raise BagError(f'image topic {self.image_topic!r} in {self.path} has no messages')
         raise BagError(
             f'no image in {self.path} has a pose: {st.n_no_pose} images without a pose '
-            f'({self.reasons()}), {st.n_undecodable} undecodable. Image stamps '
+            f'({st.reasons()}), {st.n_undecodable} undecodable. Image stamps '
             f'{self._span(st.image_span)}, pose stamps {self._span(st.pose_span)} '
             f'({st.pose_source}); check that both use the same clock, or raise --max-gap')
-
-    def reasons(self) -> str:
-        """The frames left without a label, by reason (``'none'`` when every frame has one)."""
-        items = sorted(self.stats.no_pose_reasons.items(), key=lambda kv: -kv[1])
-        return '; '.join(f'{n} {why}' for why, n in items) or 'none'
 
     def close(self) -> None:
         """Close the underlying reader (idempotent)."""
