@@ -170,3 +170,13 @@ def test_holding_out_time_is_not_warned():
     for s in later:
         s.split, s.stamp = 'test', s.stamp + 600.0
     assert check_split(frames[:225] + later).n_near_copies == 0
+
+
+def test_synth_cli_writes_the_robot_profile(tmp_path, capsys):
+    from posenet_ros.cli import main
+
+    assert main(['synth', '--out', str(tmp_path), '--bag', '--profile', 'robot', '--no-dataset',
+                 '--n-test', '6', '--width', '32', '--height', '24']) == 0
+    assert 'robot profile' in capsys.readouterr().out
+    samples, stats = read_bag(tmp_path / 'bag', tf=('map', CAM))
+    assert stats.image_topic == '/camera/color/image_raw/compressed' and len(samples) == 5

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import posenet_ros.tools.synthetic.rig as rig
 from posenet_ros.core.geometry import (
     compose,
     invert,
@@ -34,15 +35,7 @@ from posenet_ros.core.geometry import (
     rotation_error_deg,
 )
 from posenet_ros.tools.synthetic.raycast import render
-from posenet_ros.tools.synthetic.rig import (
-    T_BASE_CAM,
-    T_BASE_CAMLINK,
-    T_CAMLINK_OPTICAL,
-    SceneConfig,
-    iter_frames,
-    t_map_odom,
-    trajectory_at,
-)
+from posenet_ros.tools.synthetic.rig import SceneConfig, t_map_odom
 
 __all__ = ['RobotProfile', 'ROBOT_TOPICS', 'T_FOOTPRINT_BASE', 'T_FOOTPRINT_CAM',
            'robot_config', 'write_robot_frames']
@@ -50,7 +43,7 @@ __all__ = ['RobotProfile', 'ROBOT_TOPICS', 'T_FOOTPRINT_BASE', 'T_FOOTPRINT_CAM'
 #: base_footprint -> base_link: the base 10 cm above its footprint (a URDF's usual joint).
 T_FOOTPRINT_BASE = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0],
                              [0.0, 0.0, 1.0, 0.10], [0.0, 0.0, 0.0, 1.0]])
-T_FOOTPRINT_CAM = T_FOOTPRINT_BASE @ T_BASE_CAM  # base_footprint -> camera optical frame
+T_FOOTPRINT_CAM = T_FOOTPRINT_BASE @ rig.T_BASE_CAM  # base_footprint -> camera optical frame
 
 ROBOT_TOPICS = {
     'image': '/camera/color/image_raw/compressed',
@@ -95,7 +88,7 @@ class _Motion:
         x = (t - self.frames[0][4]) * self.cfg.rate  # fractional frame index in the bag
         j = min(max(int(math.floor(x + 0.5)), 0), len(self.frames) - 1)
         split, i = self.frames[j][:2]
-        p, q = trajectory_at(split, self.counts[split], self.cfg.seed, i + (x - j))
+        p, q = rig.trajectory_at(split, self.counts[split], self.cfg.seed, i + (x - j))
         return compose(pose_to_matrix(p, q), self._foot)
 
 
@@ -121,12 +114,12 @@ def _timeline(cfg: SceneConfig, frames, profile: RobotProfile):
 def write_robot_frames(bag, cfg: SceneConfig, which: str, scene, K, profile: RobotProfile,
                        progress) -> None:
     """Write the robot-like recording of trajectory ``which`` into an open RosbagWriter."""
-    frames = list(iter_frames(cfg, which))
+    frames = list(rig.iter_frames(cfg, which))
     motion = _Motion(cfg, frames)
     odom, base, cam = cfg.odom_frame, cfg.base_frame, cfg.camera_frame
     bag.tf(frames[0][4], [(base, 'base_link', T_FOOTPRINT_BASE),
-                          ('base_link', cfg.camera_link_frame, T_BASE_CAMLINK),
-                          (cfg.camera_link_frame, cam, T_CAMLINK_OPTICAL)], static=True)
+                          ('base_link', cfg.camera_link_frame, rig.T_BASE_CAMLINK),
+                          (cfg.camera_link_frame, cam, rig.T_CAMLINK_OPTICAL)], static=True)
     last_update = None
     for rec, kind, arg in progress(_timeline(cfg, frames, profile)):
         if kind == 'odom':
