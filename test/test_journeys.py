@@ -490,8 +490,9 @@ def test_evaluate_bag(trained):
     assert summary, summary
     gt = np.loadtxt(report / 'ground_truth.tum')
     pred = np.loadtxt(report / 'prediction.tum')
-    # every image has ground truth but the one before AMCL's first scan
+    # every image has ground truth but the one before AMCL's first scan, and the report says so
     assert gt.shape == pred.shape == (N_TEST - 1, 8)
+    assert any('1 image before the first map -> odom' in n for n in summary['notes']), summary
     # --tf map camera_color_optical_frame: the reference is the camera's true trajectory
     truth = _bag_truth(Path(work['values']['test_bag']), '/ground_truth/pose')
     for row in gt:
