@@ -180,3 +180,10 @@ def test_synth_cli_writes_the_robot_profile(tmp_path, capsys):
     assert 'robot profile' in capsys.readouterr().out
     samples, stats = read_bag(tmp_path / 'bag', tf=('map', CAM))
     assert stats.image_topic == '/camera/color/image_raw/compressed' and len(samples) == 5
+
+
+def test_amcl_pose_needs_its_frame_and_the_error_names_the_bags_base(robot_bag):
+    with pytest.raises(BagError, match='--pose-frame base_footprint, the frame odometry moves'):
+        read_bag(robot_bag, pose_topic='/amcl_pose')
+    samples, stats = read_bag(robot_bag, pose_topic='/amcl_pose', pose_frame='base_footprint')
+    assert stats.extrinsic.startswith('tf_static base_footprint->base_link') and samples

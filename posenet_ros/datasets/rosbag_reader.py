@@ -287,10 +287,14 @@ class BagDataset:
         elif msgtype == _POSE_STAMPED:
             child = cam  # documented default: a PoseStamped here is the camera's pose
         else:
+            base = self._odometry_child()
+            base = f'{base}, the frame odometry moves in this bag' if base else \
+                "base_footprint (Nav2's default) or --pose-frame base_link"
             raise BagError(
                 f'{topic!r} in {self.path} is a PoseWithCovarianceStamped, which in ROS is the '
                 "robot base's pose (e.g. AMCL's /amcl_pose) and names no child frame: pass "
-                f'--pose-frame with the frame it describes (e.g. --pose-frame base_link, or '
+                f"--pose-frame with the frame it describes (AMCL's base_frame_id, e.g. "
+                f'--pose-frame {base}; or '
                 f"--pose-frame {cam or 'CAMERA_FRAME'} if it is the camera's pose)")
         timing = tf_timing.edge_timing(topic, topic, series.stamps, [], 0.0, self.max_gap, 0)
         tf_timing.apply_timing(series, timing)
@@ -299,6 +303,16 @@ class BagDataset:
         self.stats.pose_frame = next(iter(frames))
         self.stats.pose_span = _span_s(series.span)
         return series, child
+
+    def _odometry_child(self) -> str | None:
+        """The child of the bag's first ``odom -> X`` transform on /tf (the robot's base)."""
+        if self._topics().get('/tf') != TF_TYPE:
+            return None
+        for _, _, msg in self._messages(self._conns('/tf')):
+            for tf in msg.transforms:
+                if strip_frame(tf.header.frame_id) == 'odom':
+                    return strip_frame(tf.child_frame_id)
+        return None
 
     def _new_series(self, name: str) -> TransformSeries:
         return TransformSeries(tolerance_ns=EXACT_TOLERANCE_NS, name=name)
