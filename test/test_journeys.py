@@ -1,4 +1,4 @@
-"""The three journeys of docs/tutorials.md, run as written on the synthetic scene's bags.
+"""The three journeys of docs/tutorials.md, run as written on robot-like synthetic bags.
 
 The journeys' code blocks are marked in docs/tutorials.md by an HTML comment right before the
 fence (``<!-- journey: NAME -->``, invisible on GitHub). This file parses those blocks (backslash
@@ -16,10 +16,13 @@ journeys:
 3. ``evaluate-bag`` ("Evaluate a bag with evo"): the evaluation of a replayed bag with ground
    truth from TF, checked against the bag's ``/ground_truth/pose``.
 
-The "robot": ``ros2 bag record`` cannot run here, so the synthetic scene's bags stand for the
-recordings (``my_bag``: the training laps, ``test_bag``: the test laps between them), both with
-compressed images, camera_info and the real TF tree ``map -> odom -> base_link`` (/tf) and
-``base_link -> camera_link -> camera_optical`` (/tf_static).
+The "robot": ``ros2 bag record`` cannot run here, so the synthetic scene's bags, recorded with the
+robot profile (``posenet_ros.tools.synthetic.robot_bag``), stand for the recordings (``my_bag``:
+the training laps, ``test_bag``: the test laps between them): 15 Hz JPEG images on
+``/camera/color/image_raw/compressed`` with camera_info, wheel odometry ``odom ->
+base_footprint`` at 50 Hz drifting against the map, AMCL's ``map -> odom`` once per 5 Hz scan
+future-dated by 1.0 s, ``/amcl_pose`` on filter updates, and the mount ``base_footprint ->
+base_link -> camera_link -> camera_color_optical_frame`` on /tf_static.
 
 What is changed, and nothing else (the test fails on any command it neither runs nor lists in
 :data:`RULES`, so the tutorials cannot drift away from what is tested):
@@ -45,11 +48,13 @@ CPU-trained model is coarse (metres), but verification is what makes the hint tr
 is what a user following the tutorial gets; ``refine: off`` would test a path the journey does
 not take. So the hint must be within a few centimetres and 1 deg (yaw) of the TRUE base pose,
 and equal to the answer's camera pose composed with the bag's /tf_static mount: both fail if the
-node sent the camera pose (the camera is 1 m above and 0.2 m ahead of base_link), or a pose
-through a wrong extrinsic. If the tiny model ever fails to verify, the call answers
-``success: false`` and this test fails with the node's reason. Journey 2's params file also
-turns supervision on (``recovery: auto``): next to the bag's localizer (its ``map -> odom`` is
-right) the node must report it ``localized`` and send nothing by itself.
+node sent the camera pose (the camera is 1.1 m above and 0.2 m ahead of base_footprint), or a
+pose through a wrong extrinsic. The tutorial's params set ``continuous: false``, so the node
+runs the network only for the call and for supervision's verified frames. If the tiny model
+ever fails to verify, the call answers ``success: false`` and this test fails with the node's
+reason. Journey 2's params file also turns supervision on (``recovery: auto``): next to the
+bag's localizer (its ``map -> odom`` is right) the node must report it ``localized`` and send
+nothing by itself.
 """
 
 from __future__ import annotations
@@ -75,7 +80,11 @@ from ros_helpers import ROOT, ros_env
 
 TUTORIALS = ROOT / 'docs' / 'tutorials.md'
 JOURNEYS = ('train-on-bag', 'next-to-amcl', 'evaluate-bag')
-N_TRAIN, N_TEST = 80, 24  # frames of the synthetic recordings (320x240, 30 Hz)
+N_TRAIN, N_TEST = 72, 24  # frames of the synthetic recordings (320x240, 15 Hz)
+IMAGE_TOPIC = '/camera/color/image_raw/compressed'
+# The label of an image composes map -> odom and odometry interpolated at its stamp: within a
+# few mm of the truth on the synthetic rig's fast drive (a metre between 15 Hz frames).
+LABEL_TOLERANCE = 0.025  # m
 
 # The user's placeholders -> what stands for them here (relative paths live in the work dir).
 PLACEHOLDERS = {
@@ -100,7 +109,6 @@ RULES = {
                                 "synthetic scene's bag stands for the recording"),
     ('ros2', 'launch'): ('listed', "launch_ros is not on PyPI: the block's pip line starts the "
                          'same node (the launch file is checked in test_launch.py)'),
-    ('torchrun',): ('listed', 'multi-GPU training; no GPU here (DDP: test_train_ddp.py)'),
     ('pip', 'install', 'evo'): ('listed', 'the tests install nothing; evo_ape runs when evo is '
                                 'already installed'),
     ('evo_ape',): ('run-if-installed', 'evo is not installed by make setup'),
@@ -229,10 +237,10 @@ def workdir(tmp_path_factory):
     cfg = SceneConfig(seed=0, n_train=N_TRAIN, n_test=N_TEST)
     bags = root / 'recordings'
     values = {
-        'my_bag': str(write_bag(bags / 'my_bag', cfg, compressed=True, which='train',
-                                progress=False)),
-        'test_bag': str(write_bag(bags / 'test_bag', cfg, compressed=True, which='test',
-                                  progress=False)),
+        'my_bag': str(write_bag(bags / 'my_bag', cfg, which='train', progress=False,
+                                profile='robot')),
+        'test_bag': str(write_bag(bags / 'test_bag', cfg, which='test', progress=False,
+                                  profile='robot')),
     }
     work = root / 'work'
     work.mkdir()
@@ -309,13 +317,15 @@ def test_train_on_bag(trained):
     assert [c.split()[1] for c in cmds] == ['extract-bag', 'train', 'map'], cmds
     d = work['dir']
     samples = load_dataset(d / 'data' / 'my_scene', 'all')
-    assert len(samples) == N_TRAIN
-    assert sum(s.split == 'test' for s in samples) == N_TRAIN // 10  # --test-every 10
-    # --tf map camera_optical labels the camera optical frame: the bag's camera truth
+    # labels for >= 95 % of the images: only the image before AMCL's first scan has none
+    assert len(samples) >= 0.95 * N_TRAIN, len(samples)
+    assert 'without a pose: 1 image before the first map -> odom' in outputs[cmds[0]]
+    assert all(s.split == 'train' for s in samples)  # test_bag is the test set
+    # --tf map camera_color_optical_frame labels the camera optical frame: the camera truth
     truth = _bag_truth(Path(work['values']['my_bag']), '/ground_truth/pose')
     for s in samples:
         t = _at(truth, s.stamp)
-        np.testing.assert_allclose(s.position, t[:3, 3], atol=1e-4)
+        np.testing.assert_allclose(s.position, t[:3, 3], atol=LABEL_TOLERANCE)
     model = d / 'models' / 'my_scene.ts'
     assert model.is_file() and default_map_path(model).is_file()
 
@@ -391,9 +401,10 @@ def _relocalize_lost_robot(work: dict, initial_topic: str):
 
     Returns the service's answer, the ``/initialpose`` messages received, and the node's log.
     """
-    from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from ros_helpers import RosSession
+    from sensor_msgs.msg import CompressedImage
     from std_msgs.msg import String
     from std_srvs.srv import Trigger
 
@@ -403,26 +414,26 @@ def _relocalize_lost_robot(work: dict, initial_topic: str):
     qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    initial, poses, states = [], [], []
+    initial, images, states = [], [], []
     with RosSession('posenet_journey_amcl') as s, _node(s, node_argv, work['dir']) as output:
         s.node.create_subscription(PoseWithCovarianceStamped, initial_topic, initial.append, qos)
         s.node.create_subscription(String, f'{ns}/posenet_relocalizer/supervision',
                                    lambda m: states.append(json.loads(m.data)), latched)
-        s.node.create_subscription(PoseStamped, f'{ns}/posenet_relocalizer/pose', poses.append,
-                                   qos)
+        s.node.create_subscription(CompressedImage, IMAGE_TOPIC, images.append,
+                                   qos_profile_sensor_data)
         client = s.node.create_client(Trigger, service)
         assert client.wait_for_service(timeout_sec=60), f'no service {service}\n{output()}'
         # The robot: the test laps' images, camera_info and TF tree, with the bag's /clock.
         player = BagPlayer(s.node, Path(work['values']['test_bag']), topics=[
-            '/camera/image_raw', '/camera/camera_info', '/tf', '/tf_static'],
+            IMAGE_TOPIC, '/camera/color/camera_info', '/tf', '/tf_static'],
             rate=0.25, clock=True)
         thread = threading.Thread(target=lambda: player.play(wait=30.0, every_topic=True),
                                   daemon=True)
         thread.start()
         # recovery: auto watches the bag's localizer (its map -> odom is right): it agrees
-        assert s.spin_until(lambda: poses and states and states[-1]['state'] == 'localized',
+        assert s.spin_until(lambda: images and states and states[-1]['state'] == 'localized',
                             120), (states[-1:], output()[-3000:])
-        # ... and sends nothing; the hint below is the service's. Asked by hand:
+        # ... and sends nothing; the hint below is the service's. The robot is lost: ask.
         future = client.call_async(Trigger.Request())
         assert s.spin_until(future.done, 120), output()[-3000:]
         answer = future.result()
@@ -436,7 +447,7 @@ def _relocalize_lost_robot(work: dict, initial_topic: str):
 def _check_hint(answer, initial: list, test_bag: Path, log: str) -> None:
     """The hint is the verified BASE pose in map, once, at the answer's stamp."""
     from posenet_ros.core import geometry
-    from posenet_ros.tools.synthetic import T_BASE_CAM
+    from posenet_ros.tools.synthetic.robot_bag import T_FOOTPRINT_CAM
 
     assert answer.success, f'{answer.message}\n{log[-3000:]}'
     info = json.loads(answer.message)
@@ -452,7 +463,7 @@ def _check_hint(answer, initial: list, test_bag: Path, log: str) -> None:
     c = info['camera']
     t_map_cam = geometry.pose_to_matrix(c['position'],
                                         geometry.xyzw_to_wxyz(c['orientation_xyzw']))
-    np.testing.assert_allclose(hint, t_map_cam @ np.linalg.inv(T_BASE_CAM), atol=1e-5)
+    np.testing.assert_allclose(hint, t_map_cam @ np.linalg.inv(T_FOOTPRINT_CAM), atol=1e-5)
     # ... and so its error is the camera's (verified: millimetres), not the 1 m mount offset.
     base = _bag_truth(test_bag, '/ground_truth/base_pose')[key]
     cam = _bag_truth(test_bag, '/ground_truth/pose')[key]
@@ -463,7 +474,7 @@ def _check_hint(answer, initial: list, test_bag: Path, log: str) -> None:
           f'(camera pose vs camera truth: {cam_err * 100:.2f} cm)')
     assert base_err < 0.05 and yaw_err < 1.0, (base_err, yaw_err)
     assert abs(base_err - cam_err) < 0.01, (base_err, cam_err)
-    assert np.linalg.norm(hint[:3, 3] - cam[:3, 3]) > 0.9  # the camera pose would be 1 m off
+    assert np.linalg.norm(hint[:3, 3] - cam[:3, 3]) > 1.0  # the camera pose: 1.1 m off
 
 
 @pytest.mark.slow
@@ -488,8 +499,10 @@ def test_evaluate_bag(trained):
     assert summary, summary
     gt = np.loadtxt(report / 'ground_truth.tum')
     pred = np.loadtxt(report / 'prediction.tum')
-    assert gt.shape == pred.shape == (N_TEST, 8)
-    # --tf map camera_optical: the reference is the camera's true trajectory
+    # every image has ground truth but the one before AMCL's first scan, and the report says so
+    assert gt.shape == pred.shape == (N_TEST - 1, 8)
+    assert any('1 image before the first map -> odom' in n for n in summary['notes']), summary
+    # --tf map camera_color_optical_frame: the reference is the camera's true trajectory
     truth = _bag_truth(Path(work['values']['test_bag']), '/ground_truth/pose')
     for row in gt:
-        np.testing.assert_allclose(row[1:4], _at(truth, row[0])[:3, 3], atol=1e-4)
+        np.testing.assert_allclose(row[1:4], _at(truth, row[0])[:3, 3], atol=LABEL_TOLERANCE)

@@ -50,13 +50,17 @@ class TransformSeries:
     :meth:`at` returns a sample within ``tolerance_ns`` of the time as is, else interpolates
     the two samples around it when they are at most ``max_gap_ns`` apart (None: any gap), else
     raises :class:`ExtrapolationError`. A ``static`` series is time-less: the last value added.
-    ``keep_ns`` bounds the history kept behind the newest sample (None: all of it).
+    ``keep_ns`` bounds the history kept behind the newest sample (None: all of it). ``hold_ns``:
+    the newest sample stays valid this long after its stamp (None: not at all), for a transform
+    published as valid until the next one (a future-dated ``map -> odom``).
     """
 
     def __init__(self, static: bool = False, *, max_gap_ns: int | None = None,
-                 tolerance_ns: int = 0, keep_ns: int | None = None, name: str = 'transform'):
+                 tolerance_ns: int = 0, keep_ns: int | None = None, name: str = 'transform',
+                 hold_ns: int | None = None):
         self.static = static
         self.max_gap_ns, self.tolerance_ns, self.keep_ns = max_gap_ns, int(tolerance_ns), keep_ns
+        self.hold_ns = hold_ns
         self.name = name
         self.stamps: list[int] = []
         self.values: list[tuple[np.ndarray, np.ndarray]] = []
@@ -106,6 +110,8 @@ class TransformSeries:
         for j in (i - 1, i):  # an (almost) exact sample needs no partner
             if 0 <= j < len(st) and abs(st[j] - t_ns) <= self.tolerance_ns:
                 return self.values[j]
+        if i == len(st) and self.hold_ns is not None and t_ns - st[-1] <= self.hold_ns:
+            return self.values[-1]
         if i == 0 or i == len(st):
             raise ExtrapolationError(
                 f'{self.name}: requested {t_ns * 1e-9:.3f} s, data covers {st[0] * 1e-9:.3f} .. '

@@ -23,9 +23,12 @@ labels are ``T_map_pose_of @ T_pose_of_cam``. Without either, :class:`BagError` 
 frames and the fixes. The map frame of the labels is the pose source's ``header.frame_id``.
 
 Association uses header stamps (the bag's record time only when a header stamp is zero). An image
-at time ``t`` gets a pose when a pose sample lies within ``EXACT_TOLERANCE_NS`` of ``t`` or two
-pose samples ``t0 <= t <= t1`` with ``t1 - t0 <= max_gap`` bracket it (linear position, slerp
-orientation). Other images are skipped and counted in :class:`BagStats`.
+at time ``t`` gets a pose when, on every moving edge of the chain (each TF edge, or the pose
+topic), a sample lies within ``EXACT_TOLERANCE_NS`` of ``t`` or two samples ``t0 <= t <= t1``
+with ``t1 - t0`` within that edge's max gap bracket it (linear position, slerp orientation).
+Each edge's max gap follows its own rate, and a future-dated ``map -> odom`` (AMCL's
+``transform_tolerance``) is read at its publication time: :mod:`posenet_ros.datasets.tf_timing`.
+Other images are skipped and counted in :class:`BagStats`, by reason.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from posenet_ros.core.transforms import (
     extrinsic_matrix,
     strip_frame,
 )
-from posenet_ros.datasets import bagio
+from posenet_ros.datasets import bagio, tf_timing
 from posenet_ros.datasets.bagio import CAMERA_INFO_TYPE, IMAGE_TYPES, POSE_TYPES, TF_TYPE, is_bag
 from posenet_ros.datasets.types import PoseSample
 
@@ -71,11 +74,14 @@ class BagStats:
     bag: str
     image_topic: str
     pose_source: str  # 'topic /x' or 'tf map->camera'
-    max_gap: float
+    max_gap: float | dict | None  # None: each edge's own (tf_timing)
     n_images: int = 0  # image messages on the topic
     n_used: int = 0  # images returned with a pose
     n_subsampled: int = 0  # dropped by every_n
     n_no_pose: int = 0  # no pose within max_gap (outside the pose time range or a gap)
+    no_pose_reasons: dict = field(default_factory=dict)  # {reason: images}, summing to n_no_pose
+    edges: dict = field(default_factory=dict)  # {edge: rate_hz, max_gap, future_dated (s)}
+    split_check: dict = field(default_factory=dict)  # extract-bag: test near-copies (splits.py)
     n_undecodable: int = 0  # image payload could not be converted
     n_poses: int = 0  # pose samples (or TF transforms of the chain)
     n_zero_stamps: int = 0  # messages whose header stamp was 0 (record time used)
@@ -91,6 +97,11 @@ class BagStats:
     def as_dict(self) -> dict:
         """JSON-friendly dict (stored in an extracted dataset's dataset.json)."""
         return asdict(self)
+
+    def reasons(self) -> str:
+        """The frames left without a label, by reason (``'none'`` when every frame has one)."""
+        items = sorted(self.no_pose_reasons.items(), key=lambda kv: -kv[1])
+        return '; '.join(f'{n} {why}' for why, n in items) or 'none'
 
 
 def _stamp_ns(header, record_ns: int, stats: BagStats) -> int:
@@ -121,7 +132,12 @@ class BagDataset:
             With neither ``pose_topic`` nor ``tf`` the bag's only pose-typed topic is used.
         camera_info_topic: CameraInfo topic for intrinsics; ``None`` tries
             ``<image namespace>/camera_info``.
-        max_gap: largest time (s) between the two pose samples an image is interpolated between.
+        max_gap: largest time (s) between the two pose samples an image is interpolated
+            between: None (each edge's own, from its rate), one float for every edge, or
+            ``{child frame or pose topic: s}`` (``'*'``: the others); see
+            :func:`~posenet_ros.datasets.tf_timing.parse_max_gap`.
+        future_dating: ``'auto'`` (detect a future-dated TF edge and read it at its
+            publication time), ``0`` (take stamps as tf2 does) or seconds to move it back.
         every_n: keep every n-th image message (1 = all).
         split: split name given to every sample.
         camera_frame: the camera optical frame the labels are for; default the images'
@@ -134,13 +150,16 @@ class BagDataset:
 
     def __init__(self, path, image_topic: str | None = None, pose_topic: str | None = None,
                  tf: tuple[str, str] | None = None, camera_info_topic: str | None = None,
-                 max_gap: float = 0.1, every_n: int = 1, split: str = 'train',
+                 max_gap=None, every_n: int = 1, split: str = 'train',
                  camera_frame: str | None = None, pose_frame: str | None = None,
-                 camera_in_base=None):
+                 camera_in_base=None, future_dating='auto'):
         if pose_topic and tf:
             raise BagError('give either pose_topic or tf=(map_frame, camera_frame), not both')
-        if max_gap <= 0 or every_n < 1:
+        max_gap = tf_timing.parse_max_gap(max_gap)
+        gaps = max_gap.values() if isinstance(max_gap, dict) else [max_gap]
+        if any(g is not None and g <= 0 for g in gaps) or every_n < 1:
             raise BagError(f'max_gap must be > 0 and every_n >= 1 (got {max_gap}, {every_n})')
+        self.future_dating = future_dating
         if tf is not None and pose_frame:
             raise BagError('pose_frame applies to pose topics; with tf the frame is tf[1]')
         try:
@@ -170,14 +189,14 @@ class BagDataset:
         self.image_topic = self._pick(image_topic, IMAGE_TYPES, 'image')
         self.every_n = int(every_n)
         self.split = split
-        self.max_gap = float(max_gap)
+        self.max_gap = max_gap
         if tf is None:
             pose_topic = self._pick(pose_topic, POSE_TYPES, 'pose')
             source = f'topic {pose_topic}'
         else:
             source = f'tf {tf[0]}->{tf[1]}'
         self.stats = BagStats(bag=str(self.path), image_topic=self.image_topic,
-                              pose_source=source, max_gap=float(max_gap))
+                              pose_source=source, max_gap=max_gap)
         cam = strip_frame(camera_frame) if camera_frame else \
             bagio.first_frame_id(self._reader, self.image_topic, self.path)
         if tf is None:
@@ -268,19 +287,35 @@ class BagDataset:
         elif msgtype == _POSE_STAMPED:
             child = cam  # documented default: a PoseStamped here is the camera's pose
         else:
+            base = self._odometry_child()
+            base = f'{base}, the frame odometry moves in this bag' if base else \
+                "base_footprint (Nav2's default) or --pose-frame base_link"
             raise BagError(
                 f'{topic!r} in {self.path} is a PoseWithCovarianceStamped, which in ROS is the '
                 "robot base's pose (e.g. AMCL's /amcl_pose) and names no child frame: pass "
-                f'--pose-frame with the frame it describes (e.g. --pose-frame base_link, or '
+                f"--pose-frame with the frame it describes (AMCL's base_frame_id, e.g. "
+                f'--pose-frame {base}; or '
                 f"--pose-frame {cam or 'CAMERA_FRAME'} if it is the camera's pose)")
+        timing = tf_timing.edge_timing(topic, topic, series.stamps, [], 0.0, self.max_gap, 0)
+        tf_timing.apply_timing(series, timing)
+        self.stats.edges = {topic: timing.as_dict()}
         self.stats.n_poses = n
         self.stats.pose_frame = next(iter(frames))
         self.stats.pose_span = _span_s(series.span)
         return series, child
 
+    def _odometry_child(self) -> str | None:
+        """The child of the bag's first ``odom -> X`` transform on /tf (the robot's base)."""
+        if self._topics().get('/tf') != TF_TYPE:
+            return None
+        for _, _, msg in self._messages(self._conns('/tf')):
+            for tf in msg.transforms:
+                if strip_frame(tf.header.frame_id) == 'odom':
+                    return strip_frame(tf.child_frame_id)
+        return None
+
     def _new_series(self, name: str) -> TransformSeries:
-        return TransformSeries(max_gap_ns=int(round(self.max_gap * 1e9)),
-                               tolerance_ns=EXACT_TOLERANCE_NS, name=name)
+        return TransformSeries(tolerance_ns=EXACT_TOLERANCE_NS, name=name)
 
     def _read_tf_chain(self, map_frame: str, cam_frame: str):
         """Per-edge series along map -> camera; returns [(series, inverted), ...] map-to-cam."""
@@ -289,10 +324,14 @@ class BagDataset:
         if not tf_topics:
             raise BagError(f'bag {self.path} has no /tf or /tf_static (tf2_msgs/msg/TFMessage) '
                            f'topic; use a pose topic instead. {self._topic_listing()}')
-        tree = TfTree(max_gap=self.max_gap, tolerance=EXACT_TOLERANCE_NS * 1e-9, strict=True)
+        tree = TfTree(tolerance=EXACT_TOLERANCE_NS * 1e-9, strict=True)
         conns = [c for t in tf_topics for c in self._conns(t)]
+        offsets: dict[str, list[int]] = {}  # child: header stamp - record time (ns)
         try:
             for conn, rec_ns, msg in self._messages(conns):
+                for tf in msg.transforms:
+                    offsets.setdefault(strip_frame(tf.child_frame_id), []).append(
+                        stamp_to_ns(tf.header.stamp) - rec_ns)
                 tree.add_message(msg, conn.topic == '/tf_static',
                                  lambda header, rec=rec_ns: _stamp_ns(header, rec, self.stats))
             # T_map_cam: map up to the common ancestor (inverted edges), then down to the camera.
@@ -300,6 +339,7 @@ class BagDataset:
         except TransformLookupError as exc:
             raise BagError(f'TF in {self.path}: {exc}') from None
         chain = tree.chain(map_frame, cam_frame)
+        self._time_edges([(c, tree.series(c)) for c, _ in path], offsets)
         parent_of = tree.parent_of()
         self.stats.n_poses = sum(len(s) for s, _ in chain)
         self.stats.pose_frame = map_frame
@@ -309,6 +349,18 @@ class BagDataset:
         if spans:  # the time all dynamic edges cover
             self.stats.pose_span = _span_s((max(a for a, _ in spans), min(b for _, b in spans)))
         return chain
+
+    def _time_edges(self, edges, offsets) -> None:
+        """Each moving edge's max gap and future-dating (:mod:`tf_timing`), into the stats."""
+        moving = [(child, series) for child, series in edges if not series.static]
+        medians = [float(np.median(offsets[c])) for c, _ in moving if offsets.get(c)]
+        baseline = min(medians) if len(medians) > 1 else min(medians + [0.0])
+        for child, series in moving:
+            timing = tf_timing.edge_timing(child, series.name, series.stamps,
+                                           offsets.get(child, []), baseline, self.max_gap,
+                                           self.future_dating)
+            tf_timing.apply_timing(series, timing)
+            self.stats.edges[series.name] = timing.as_dict()
 
     def _read_camera_info(self, topic: str | None) -> np.ndarray | None:
         if topic is None:
@@ -351,6 +403,8 @@ class BagDataset:
             pose = self.pose_at(t_ns)
             if pose is None:
                 st.n_no_pose += 1
+                why = tf_timing.missing_reason(self._chain, t_ns) or 'no pose'
+                st.no_pose_reasons[why] = st.no_pose_reasons.get(why, 0) + 1
                 continue
             try:
                 if conn.msgtype == IMAGE_TYPES[0]:
@@ -381,10 +435,10 @@ class BagDataset:
         if st.n_images == 0:
             raise BagError(f'image topic {self.image_topic!r} in {self.path} has no messages')
         raise BagError(
-            f'no image in {self.path} has a pose: {st.n_no_pose} images without a pose within '
-            f'max_gap={st.max_gap} s, {st.n_undecodable} undecodable. Image stamps '
+            f'no image in {self.path} has a pose: {st.n_no_pose} images without a pose '
+            f'({st.reasons()}), {st.n_undecodable} undecodable. Image stamps '
             f'{self._span(st.image_span)}, pose stamps {self._span(st.pose_span)} '
-            f'({st.pose_source}); check that both use the same clock, or raise max_gap')
+            f'({st.pose_source}); check that both use the same clock, or raise --max-gap')
 
     def close(self) -> None:
         """Close the underlying reader (idempotent)."""
@@ -401,9 +455,9 @@ class BagDataset:
 
 def read_bag(path, image_topic: str | None = None, pose_topic: str | None = None,
              tf: tuple[str, str] | None = None, camera_info_topic: str | None = None,
-             max_gap: float = 0.1, every_n: int = 1, split: str = 'train',
+             max_gap=None, every_n: int = 1, split: str = 'train',
              camera_frame: str | None = None, pose_frame: str | None = None,
-             camera_in_base=None) -> tuple[list[PoseSample], BagStats]:
+             camera_in_base=None, future_dating='auto') -> tuple[list[PoseSample], BagStats]:
     """Read every pose-labelled image of a bag into memory; see :class:`BagDataset` for args.
 
     Returns ``(samples, stats)``. Raises :class:`BagError` for unreadable or damaged bags
@@ -414,7 +468,7 @@ def read_bag(path, image_topic: str | None = None, pose_topic: str | None = None
     with BagDataset(path, image_topic=image_topic, pose_topic=pose_topic, tf=tf,
                     camera_info_topic=camera_info_topic, max_gap=max_gap, every_n=every_n,
                     split=split, camera_frame=camera_frame, pose_frame=pose_frame,
-                    camera_in_base=camera_in_base) as ds:
+                    camera_in_base=camera_in_base, future_dating=future_dating) as ds:
         samples = list(ds)
         ds.check_overlap()
         return samples, ds.stats

@@ -250,9 +250,9 @@ class ReportBuilder:
                 f'{stats.pose_of} poses in {stats.pose_frame} composed with {stats.extrinsic} '
                 f'to {stats.camera_frame}')
         if stats.n_no_pose or stats.n_undecodable:
-            self.notes.append(f'{stats.n_no_pose} image(s) without ground truth within '
-                              f'{max_gap} s and {stats.n_undecodable} undecodable image(s) were '
-                              'not evaluated')
+            self.notes.append(f'{stats.n_no_pose} image(s) without ground truth '
+                              f'({stats.reasons()}) and '
+                              f'{stats.n_undecodable} undecodable image(s) were not evaluated')
 
     def write(self, out_dir, title: str, show_progress: bool = False) -> dict:
         """Add the baselines on the recorded frames, write the report files; the summary."""

@@ -43,6 +43,7 @@ import numpy as np
 
 from posenet_ros.core.errors import EvaluationError, NonFiniteOutputError
 from posenet_ros.datasets.bagio import add_frame_args, frame_kwargs
+from posenet_ros.datasets.tf_timing import parse_max_gap
 from posenet_ros.evaluation.builder import Baselines, ReportBuilder
 from posenet_ros.evaluation.report import (
     MODEL_METHOD,
@@ -268,7 +269,7 @@ def _recorded(report: ReportBuilder, samples: Iterable) -> Iterator[tuple]:
 # --- evaluation ------------------------------------------------------------------------------
 def evaluate(model, out_dir, *, dataset=None, split: str = 'test', bag=None,
              image_topic: str | None = None, pose_topic: str | None = None,
-             tf: tuple[str, str] | None = None, max_gap: float = 0.1, dense: int = 0,
+             tf: tuple[str, str] | None = None, max_gap=None, dense: int = 0,
              train_dataset=None, baselines: bool = True, nn_features: str = 'auto',
              device: str = 'cpu', limit: int | None = None, progress: bool = True,
              title: str | None = None, map_path=None, verifier_config=None,
@@ -429,9 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--tf', nargs=2, metavar=('MAP', 'CAM'),
                     help='take ground truth from /tf: map frame and camera optical frame')
     add_frame_args(ap)
-    ap.add_argument('--max-gap', type=float, default=0.1,
-                    help='largest gap (s) between the two ground-truth poses an image stamp is '
-                         'interpolated between (default 0.1)')
+    ap.add_argument('--max-gap', nargs='+', metavar='[FRAME=]SECONDS',
+                    help='largest gap (s) between two ground-truth samples of a pose edge an '
+                         'image stamp is interpolated between: one value, or per edge by child '
+                         "frame, e.g. odom=0.5 (default: each edge's own, from its rate)")
     ap.add_argument('--out', required=True, type=Path, help='report folder')
     ap.add_argument('--dense', type=int, default=0, metavar='N',
                     help='also evaluate the average over N crops per frame (Dense PoseNet)')
@@ -485,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
 
         summary = live_evaluate(args.model, args.bag, args.out, image_topic=args.image_topic,
                                 pose_topic=args.pose_topic,
-                                tf=tuple(args.tf) if args.tf else None, max_gap=args.max_gap,
+                                tf=tuple(args.tf) if args.tf else None,
+                                max_gap=parse_max_gap(args.max_gap),
                                 rate=args.rate, device=args.device,
                                 train_dataset=args.train_dataset,
                                 baselines=not args.no_baselines, nn_features=args.nn_features,
@@ -494,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = evaluate(args.model, args.out, dataset=args.dataset, split=args.split,
                            bag=args.bag, image_topic=args.image_topic,
                            pose_topic=args.pose_topic, tf=tuple(args.tf) if args.tf else None,
-                           max_gap=args.max_gap, dense=args.dense,
+                           max_gap=parse_max_gap(args.max_gap), dense=args.dense,
                            train_dataset=args.train_dataset, baselines=not args.no_baselines,
                            nn_features=args.nn_features, device=args.device, limit=args.limit,
                            progress=not args.quiet, map_path=args.map_path, **frames)

@@ -82,7 +82,7 @@ def _restore_env(name: str, value: str | None) -> None:
 
 def live_evaluate(model, bag, out_dir, *, image_topic: str | None = None,
                   pose_topic: str | None = None, tf: tuple[str, str] | None = None,
-                  max_gap: float = 0.1, rate: float = 1.0, device: str = 'cpu',
+                  max_gap=None, rate: float = 1.0, device: str = 'cpu',
                   train_dataset=None, baselines: bool = True, nn_features: str = 'auto',
                   progress: bool = True, node_params: dict | None = None,
                   startup_timeout: float = 120.0, settle: float = 2.0,

@@ -26,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('--storage', choices=('sqlite3', 'mcap'), default='sqlite3')
     ap.add_argument('--compressed', action='store_true',
                     help='also write /camera/image_raw/compressed (JPEG)')
+    ap.add_argument('--profile', choices=('scene', 'robot'), default='scene',
+                    help="bag profile: 'scene' (every topic at --rate, frames base_link and "
+                         "camera_optical) or 'robot' (as a Nav2 robot with AMCL records it: "
+                         '15 Hz JPEG images, 50 Hz odometry, 5 Hz map -> odom future-dated '
+                         'by 1 s, /amcl_pose, base_footprint and camera_color_optical_frame)')
     ap.add_argument('--no-dataset', action='store_true', help='skip the dataset folder')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--n-train', type=int, default=300)
@@ -48,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
               f'{cfg.width}x{cfg.height})')
     if args.bag:
         out = write_bag(args.out / 'bag', cfg, storage=args.storage, compressed=args.compressed,
-                        which=args.bag_frames, overwrite=args.force)
-        print(f'bag: {out} ({args.storage}, {args.bag_frames} trajectory)')
+                        which=args.bag_frames, overwrite=args.force, profile=args.profile)
+        print(f'bag: {out} ({args.storage}, {args.bag_frames} trajectory, '
+              f'{args.profile} profile)')
     return 0

@@ -12,7 +12,8 @@ from posenet_ros.core.geometry import matrix_to_quat
 from posenet_ros.datasets.types import intrinsics_matrix
 
 __all__ = [
-    'SceneConfig', 'camera_matrix', 'look_rotation', 'trajectory', 'iter_frames', 't_map_odom',
+    'SceneConfig', 'camera_matrix', 'look_rotation', 'trajectory', 'trajectory_at',
+    'iter_frames', 't_map_odom',
     'T_BASE_CAM', 'T_BASE_CAMLINK', 'T_CAMLINK_OPTICAL',
 ]
 
@@ -104,24 +105,35 @@ def trajectory(kind: str = 'train', n: int = 300, seed: int = 0) -> list[tuple[n
         raise ConfigError(f"trajectory kind must be 'train' or 'test', got {kind!r}")
     if n < 1:
         raise ConfigError(f'trajectory needs n >= 1 frames, got {n}')
+    return [trajectory_at(kind, n, seed, i) for i in range(n)]
+
+
+def _lap_of(kind: str, n: int, x: float) -> tuple[float, int]:
+    s = (x + (0.5 if kind == 'test' else 0.0)) / n * len(_LAPS[kind])
+    return s, min(max(int(s), 0), len(_LAPS[kind]) - 1)
+
+
+def trajectory_at(kind: str, n: int, seed: int, x: float) -> tuple[np.ndarray, np.ndarray]:
+    """The camera pose at fractional frame index ``x`` of :func:`trajectory` (its motion).
+
+    Between two frames the camera drives along its lap; a lap ends with a jump to the next one,
+    placed halfway between the two frames around it (each frame keeps its own lap's motion).
+    """
     laps = _LAPS[kind]
     rng = np.random.default_rng(seed + (0 if kind == 'train' else 7919))
     phase0 = rng.uniform(0, 2 * math.pi)
-    poses = []
-    for i in range(n):
-        s = (i + (0.5 if kind == 'test' else 0.0)) / n * len(laps)
-        lap = min(int(s), len(laps) - 1)
-        theta = phase0 + 2 * math.pi * (s - lap) + lap * 0.9
-        h, scale, offset, ph = laps[lap]
-        a, b = _ELLIPSE[0] * scale, _ELLIPSE[1] * scale
-        pos = np.array([a * math.cos(theta), b * math.sin(theta),
-                        h + 0.08 * math.sin(3 * theta + ph)])
-        tangent = math.atan2(b * math.cos(theta), -a * math.sin(theta))
-        yaw = tangent + math.radians(offset + 30.0 * math.sin(2 * theta + ph))
-        pitch = math.radians(-6.0 + 5.0 * math.sin(3 * theta + ph))
-        roll = math.radians(3.0 * math.sin(5 * theta + ph))
-        poses.append((pos, matrix_to_quat(look_rotation(yaw, pitch, roll))))
-    return poses
+    s, _ = _lap_of(kind, n, x)
+    lap = _lap_of(kind, n, min(max(math.floor(x + 0.5), 0), n - 1))[1]
+    theta = phase0 + 2 * math.pi * (s - lap) + lap * 0.9
+    h, scale, offset, ph = laps[lap]
+    a, b = _ELLIPSE[0] * scale, _ELLIPSE[1] * scale
+    pos = np.array([a * math.cos(theta), b * math.sin(theta),
+                    h + 0.08 * math.sin(3 * theta + ph)])
+    tangent = math.atan2(b * math.cos(theta), -a * math.sin(theta))
+    yaw = tangent + math.radians(offset + 30.0 * math.sin(2 * theta + ph))
+    pitch = math.radians(-6.0 + 5.0 * math.sin(3 * theta + ph))
+    roll = math.radians(3.0 * math.sin(5 * theta + ph))
+    return pos, matrix_to_quat(look_rotation(yaw, pitch, roll))
 
 
 def iter_frames(cfg: SceneConfig, which: str):

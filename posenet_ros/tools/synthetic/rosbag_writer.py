@@ -16,7 +16,8 @@ __all__ = ['RosbagWriter']
 class RosbagWriter:
     """Thin helper over ``rosbags`` to write camera, pose and TF messages (Humble+ types).
 
-    Stamps are float seconds; each message's record time equals its header stamp.
+    Stamps are float seconds; each message's record time equals its header stamp unless
+    ``record`` gives another (a future-dated transform is recorded when it is published).
     """
 
     def __init__(self, path, storage: str = 'sqlite3'):
@@ -90,7 +91,8 @@ class RosbagWriter:
             orientation=T['geometry_msgs/msg/Quaternion'](x=x, y=y, z=z, w=w))
 
     def pose(self, topic, stamp, position, q_wxyz, frame_id='map',
-             msgtype='geometry_msgs/msg/PoseStamped', child_frame_id='camera_optical'):
+             msgtype='geometry_msgs/msg/PoseStamped', child_frame_id='camera_optical',
+             record=None):
         """A pose message (PoseStamped, PoseWithCovarianceStamped or Odometry); q is wxyz."""
         T = self.ts.types
         pose = self._pose(position, q_wxyz)
@@ -110,9 +112,9 @@ class RosbagWriter:
                     covariance=np.zeros(36))
                 msg = T[msgtype](header=header, child_frame_id=child_frame_id, pose=cov,
                                  twist=twist)
-        self.write(topic, msgtype, msg, stamp)
+        self.write(topic, msgtype, msg, stamp if record is None else record)
 
-    def tf(self, stamp, transforms, static: bool = False):
+    def tf(self, stamp, transforms, static: bool = False, record=None):
         """One TFMessage on /tf (or /tf_static) of ``[(parent, child, T_parent_child 4x4)]``."""
         T = self.ts.types
         items = []
@@ -125,7 +127,8 @@ class RosbagWriter:
                     translation=T['geometry_msgs/msg/Vector3'](x=p[0], y=p[1], z=p[2]),
                     rotation=T['geometry_msgs/msg/Quaternion'](x=x, y=y, z=z, w=w))))
         self.write('/tf_static' if static else '/tf', 'tf2_msgs/msg/TFMessage',
-                   T['tf2_msgs/msg/TFMessage'](transforms=items), stamp)
+                   T['tf2_msgs/msg/TFMessage'](transforms=items),
+                   stamp if record is None else record)
 
     def close(self):
         """Finish the bag (writes metadata.yaml)."""

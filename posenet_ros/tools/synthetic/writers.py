@@ -21,6 +21,7 @@ from posenet_ros.tools.synthetic.rig import (
     iter_frames,
     t_map_odom,
 )
+from posenet_ros.tools.synthetic.robot_bag import RobotProfile, robot_config, write_robot_frames
 from posenet_ros.tools.synthetic.rosbag_writer import RosbagWriter
 from posenet_ros.tools.synthetic.scene import make_scene
 
@@ -58,8 +59,12 @@ def write_dataset(out_dir, cfg: SceneConfig | None = None, progress: bool = True
 
 def write_bag(out_path, cfg: SceneConfig | None = None, storage: str = 'sqlite3',
               compressed: bool = False, which: str = 'test', progress: bool = True,
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, profile: str = 'scene') -> Path:
     """Render a trajectory into a rosbag2 (``which`` = 'test', 'train' or 'all').
+
+    ``profile='robot'`` records it as a Nav2 robot running AMCL would (Nav2's frame names,
+    15 Hz JPEG images, 50 Hz odometry, 5 Hz future-dated ``map -> odom``, ``/amcl_pose``):
+    :mod:`posenet_ros.tools.synthetic.robot_bag`. The default ``'scene'`` profile is below.
 
     The camera follows the scene's trajectory (so a model trained on the scene relocalizes
     it); the robot's base is derived from it through the fixed mount ``T_BASE_CAM``, so the
@@ -80,6 +85,8 @@ def write_bag(out_path, cfg: SceneConfig | None = None, storage: str = 'sqlite3'
     cfg = cfg or SceneConfig()
     if which not in ('train', 'test', 'all'):
         raise ConfigError(f"which must be 'train', 'test' or 'all', got {which!r}")
+    if profile not in ('scene', 'robot'):
+        raise ConfigError(f"profile must be 'scene' or 'robot', got {profile!r}")
     out_path = Path(out_path)
     if out_path.exists():
         if not overwrite:
@@ -89,6 +96,12 @@ def write_bag(out_path, cfg: SceneConfig | None = None, storage: str = 'sqlite3'
     K = cfg.K()
     total = {'train': cfg.n_train, 'test': cfg.n_test, 'all': cfg.n_train + cfg.n_test}[which]
     T_cam_base = invert(T_BASE_CAM)
+    if profile == 'robot':
+        robot = RobotProfile()
+        with RosbagWriter(out_path, storage) as bag:
+            write_robot_frames(bag, robot_config(cfg, robot), which, scene, K, robot,
+                               lambda events: _progress(events, None, 'bag', progress))
+        return out_path
     with RosbagWriter(out_path, storage) as bag:
         bag.tf(cfg.start_time, [(cfg.base_frame, cfg.camera_link_frame, T_BASE_CAMLINK),
                                 (cfg.camera_link_frame, cfg.camera_frame, T_CAMLINK_OPTICAL)],
