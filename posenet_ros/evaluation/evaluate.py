@@ -343,7 +343,7 @@ def _setup_model(model, device: str, *, dataset, split: str, baselines: bool, tr
     reloc = _load_relocalizer(model, device)
     meta = reloc.metadata
     notes: list[str] = []
-    warning = selection_warning(meta, dataset, split)
+    warning = selection_warning(meta, dataset, split, model)
     if warning:
         log.warning(warning)
         notes.append(warning)

@@ -259,7 +259,7 @@ def load_summary(path) -> dict:
     return _restore_inf(json.loads(Path(path).read_text(encoding='utf-8')))
 
 
-def selection_warning(meta: Mapping, dataset, split: str) -> str | None:
+def selection_warning(meta: Mapping, dataset, split: str, model_path=None) -> str | None:
     """A warning when the export was selected (``best.pt``) on the split now being scored.
 
     The trainer records the split that chose the exported model as ``training.selected_on``
@@ -270,8 +270,11 @@ def selection_warning(meta: Mapping, dataset, split: str) -> str | None:
     selected = training.get('selected_on', training.get('val_split'))  # older exports
     if dataset is None or not selected or selected != split:
         return None
-    recorded = training.get('dataset')
-    if recorded and Path(recorded).resolve() != Path(dataset).resolve():
+    from posenet_ros.model.paths import recorded_dataset
+
+    raw = training.get('dataset')
+    recorded = (recorded_dataset(dict(meta), model_path) or Path(raw)) if raw else None
+    if recorded and recorded.resolve() != Path(dataset).resolve():
         return None
     return (f'the model was selected on the {split!r} split of {recorded or dataset} (best.pt '
             'by validation error on it), the split scored here: these numbers are optimistic. '
