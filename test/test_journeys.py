@@ -479,6 +479,10 @@ def test_evaluate_bag(trained):
     gt = np.loadtxt(report / 'ground_truth.tum')
     pred = np.loadtxt(report / 'prediction.tum')
     assert gt.shape == pred.shape == (N_TEST, 8)
+    # --map: the verified poses in their own file, the frames it leaves out counted
+    verified = np.loadtxt(report / 'verified.tum', ndmin=2)
+    traj = summary['trajectories']['verified']
+    assert len(verified) == traj['n_poses'] == N_TEST - traj['n_missing'] > 0, traj
     # --tf map camera_optical: the reference is the camera's true trajectory
     truth = _bag_truth(Path(work['values']['test_bag']), '/ground_truth/pose')
     for row in gt:
