@@ -409,6 +409,11 @@ def quantize_export(model_path: str | Path, calibration, out_path: str | Path | 
     })
     out = Path(out_path) if out_path is not None else default_output(model_path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    from posenet_ros.model.paths import dataset_record, recorded_dataset
+
+    trained_on = recorded_dataset(meta, model_path)
+    if trained_on is not None:  # relative to the int8 file, wherever --out puts it
+        new_meta.setdefault('training', {}).update(dataset_record(trained_on, out.parent))
     say(f'writing {out}')
     save_torchscript(wrapped, out, new_meta)
     return QuantizeResult(out, new_meta, len(images))
