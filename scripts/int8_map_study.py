@@ -64,11 +64,12 @@ def study(root: Path, seed: int) -> dict:
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the study for each ``--seeds`` seed; one JSON line each."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--seeds', type=int, nargs='+', default=[2, 3])
     ap.add_argument('--out', type=Path, default=Path('/tmp/int8_map_study'))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     for seed in args.seeds:
         print(json.dumps(study(args.out / f'seed{seed}', seed)), flush=True)
