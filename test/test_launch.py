@@ -150,6 +150,7 @@ def test_namespaced_tf_remaps_reach_the_node(tmp_path):
     pytest.importorskip('rclpy')
     pytest.importorskip('tf2_msgs.msg', reason='tf2_msgs is not built into this environment')
     from helpers_model import make_tiny_export
+    from rclpy.node import NodeNameNonExistentError
     from ros_helpers import RosSession
 
     mod = _launch_module()
@@ -162,9 +163,12 @@ def test_namespaced_tf_remaps_reach_the_node(tmp_path):
         assert node.wait_for_output('ready: model', 120), node.tail()
 
         def topics():
-            subs = dict(s.node.get_subscriber_names_and_types_by_node(mod.NODE_NAME, '/robot1'))
-            pubs = dict(s.node.get_publisher_names_and_types_by_node(mod.NODE_NAME, '/robot1'))
-            return set(subs), set(pubs)
+            try:
+                subs = s.node.get_subscriber_names_and_types_by_node(mod.NODE_NAME, '/robot1')
+                pubs = s.node.get_publisher_names_and_types_by_node(mod.NODE_NAME, '/robot1')
+            except NodeNameNonExistentError:  # not discovered yet
+                return set(), set()
+            return set(dict(subs)), set(dict(pubs))
 
         assert s.spin_until(lambda: {'/robot1/tf', '/robot1/tf_static'} <= topics()[0], 20), \
             topics()
