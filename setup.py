@@ -22,8 +22,9 @@ setup(
         ('share/' + package_name + '/launch', _files('launch/*.launch.py')),
         ('share/' + package_name + '/config', _files('config/*.yaml') + _files('config/*.xml')
          + _files('config/*.rviz')),
+        # each model with its scene map (<stem>.map.npz): refine: request needs both
         ('share/' + package_name + '/models', _files('models/*.ts') + _files('models/*.pt2')
-         + _files('models/*.md')),
+         + _files('models/*.map.npz') + _files('models/*.md')),
     ],
     install_requires=['setuptools'],
     zip_safe=True,

@@ -19,13 +19,14 @@ print(json.dumps({'data_files': captured['data_files'],
 """
 
 
-def setup_py_arguments() -> dict:
+def setup_py_arguments(root: Path = ROOT) -> dict:
     """``{'data_files': {destination: [files]}, 'entry_points': {...}}`` as setup.py resolves them.
 
-    setup.py runs in a child process from the repository root with ``setuptools.setup``
-    replaced by a recorder: what colcon or pip would install, without building anything.
+    setup.py runs in a child process from the repository root (or ``root``, a copy of it) with
+    ``setuptools.setup`` replaced by a recorder: what colcon or pip would install, without
+    building anything.
     """
-    out = subprocess.run([sys.executable, '-c', _CAPTURE], cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, '-c', _CAPTURE], cwd=root, capture_output=True,
                          text=True, check=True)
     info = json.loads(out.stdout)
     return {'data_files': {dest: files for dest, files in info['data_files']},

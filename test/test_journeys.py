@@ -502,6 +502,11 @@ def test_evaluate_bag(trained):
     # every image has ground truth but the one before AMCL's first scan, and the report says so
     assert gt.shape == pred.shape == (N_TEST - 1, 8)
     assert any('1 image before the first map -> odom' in n for n in summary['notes']), summary
+    # --map: the verified poses in their own file, the frames it leaves out counted
+    verified = np.loadtxt(report / 'verified.tum', ndmin=2)
+    traj = summary['trajectories']['verified']
+    assert summary['trajectories']['n_frames'] == N_TEST - 1, summary['trajectories']
+    assert len(verified) == traj['n_poses'] == N_TEST - 1 - traj['n_missing'] > 0, traj
     # --tf map camera_color_optical_frame: the reference is the camera's true trajectory
     truth = _bag_truth(Path(work['values']['test_bag']), '/ground_truth/pose')
     for row in gt:

@@ -95,7 +95,8 @@ def test_launch_for_real(tmp_path):
     model = make_tiny_export(tmp_path)
     env = dict(os.environ, ROS_LOG_DIR=str(tmp_path))
     proc = subprocess.Popen(['ros2', 'launch', str(LAUNCH_FILE), f'model:={model}',
-                             'device:=cpu', 'namespace:=launch_test'],
+                             'device:=cpu', 'refine:=off', 'namespace:=launch_test',
+                             'namespaced_tf:=true'],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out = ''
@@ -107,3 +108,71 @@ def test_launch_for_real(tmp_path):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_tf_remaps_for_namespaced_robots():
+    remaps = _launch_module().tf_remappings
+    nav2 = [('/tf', '/robot1/tf'), ('/tf_static', '/robot1/tf_static')]
+    assert remaps('robot1', 'true') == nav2
+    assert remaps('/robot1/', 'True') == nav2
+    assert remaps('robot1', 'false') == []  # TF stays global unless asked
+    assert remaps('', 'true') == []  # no namespace: nothing to move TF into
+    assert remaps('robot1', 'false', '/fleet/tf', '') == [('/tf', '/fleet/tf')]
+    assert remaps('robot1', 'true', '', '/fleet/tf_static') == [
+        ('/tf', '/robot1/tf'), ('/tf_static', '/fleet/tf_static')]
+    assert remaps('robot1', 'false', '/tf', '/tf_static') == []
+
+
+def test_model_is_resolved_in_models_dir_cwd_or_installed_share(tmp_path, monkeypatch):
+    resolve = _launch_module().resolve_model
+    share = tmp_path / 'share' / 'posenet_ros'
+    (share / 'models').mkdir(parents=True)
+    (share / 'models' / 'scene.ts').touch()
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert resolve('', '', str(share)) == ''  # the params file's model_path
+    assert resolve('/abs/scene.ts', '/opt/models', str(share)) == '/abs/scene.ts'
+    assert resolve('scene.ts', '/opt/models', str(share)) == '/opt/models/scene.ts'
+    assert resolve('scene.ts', '', str(share)) == str(share / 'models' / 'scene.ts')
+    (elsewhere / 'scene.ts').touch()  # the working directory comes first
+    assert resolve('scene.ts', '', str(share)) == str(elsewhere / 'scene.ts')
+    assert resolve('missing.ts', '', str(share)) == str(elsewhere / 'missing.ts')
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_namespaced_tf_remaps_reach_the_node(tmp_path):
+    """The launch file's remaps, given to the node as ``ros2 launch`` gives them (``-r``).
+
+    launch_ros turns ``Node(remappings=[(a, b)])`` into ``--ros-args -r a:=b``; the node's
+    TF listener and broadcaster must then sit on the robot's namespaced TF topics only.
+    """
+    pytest.importorskip('rclpy')
+    pytest.importorskip('tf2_msgs.msg', reason='tf2_msgs is not built into this environment')
+    from helpers_model import make_tiny_export
+    from rclpy.node import NodeNameNonExistentError
+    from ros_helpers import RosSession
+
+    mod = _launch_module()
+    remaps = mod.tf_remappings('robot1', 'true')
+    args = ['-r', '__ns:=/robot1'] + [a for f, t in remaps for a in ('-r', f'{f}:={t}')]
+    params = {'model_path': str(make_tiny_export(tmp_path)), 'device': 'cpu', 'refine': 'off',
+              'num_threads': 1, 'warmup_iterations': 1, 'tf_mode': 'camera'}
+    with RosSession('posenet_launch_remaps') as s:
+        node = s.start_node(params, extra_args=tuple(args))
+        assert node.wait_for_output('ready: model', 120), node.tail()
+
+        def topics():
+            try:
+                subs = s.node.get_subscriber_names_and_types_by_node(mod.NODE_NAME, '/robot1')
+                pubs = s.node.get_publisher_names_and_types_by_node(mod.NODE_NAME, '/robot1')
+            except NodeNameNonExistentError:  # not discovered yet
+                return set(), set()
+            return set(dict(subs)), set(dict(pubs))
+
+        assert s.spin_until(lambda: {'/robot1/tf', '/robot1/tf_static'} <= topics()[0], 20), \
+            topics()
+        subs, pubs = topics()
+        assert '/robot1/tf' in pubs, pubs  # tf_mode camera broadcasts there
+        assert not {'/tf', '/tf_static'} & (subs | pubs), (subs, pubs)

@@ -39,8 +39,13 @@ __all__ = ['Baselines', 'ReportBuilder', 'baseline_training_set', 'verification_
 
 
 # --- baselines ------------------------------------------------------------------------------
-def baseline_training_set(dataset, split, train_dataset, meta, notes) -> tuple[list, str]:
-    """``(training samples, where from)`` for the baselines; ``([], '')`` with a note if none."""
+def baseline_training_set(dataset, split, train_dataset, meta, notes,
+                          model_path=None) -> tuple[list, str]:
+    """``(training samples, where from)`` for the baselines; ``([], '')`` with a note if none.
+
+    The training set the export records is looked for as ``posenet_ros.model.paths`` says
+    (absolute, then relative to ``model_path``'s folder).
+    """
     from posenet_ros.datasets import load_dataset
 
     if train_dataset is not None:
@@ -50,10 +55,12 @@ def baseline_training_set(dataset, split, train_dataset, meta, notes) -> tuple[l
             return load_dataset(dataset, 'train'), f'{dataset} (train split)'
         except PoseNetError as exc:
             notes.append(f'no training split in {dataset} for baselines: {exc}')
+    from posenet_ros.model.paths import recorded_dataset
+
     training = meta.get('training') or {}
-    recorded = training.get('dataset') or (meta.get('config') or {}).get('dataset')
+    recorded = recorded_dataset(meta, model_path)
     train_split = str(training.get('train_split') or 'train')
-    if recorded and Path(recorded).exists():
+    if recorded is not None:
         try:
             return (load_dataset(recorded, train_split),
                     f'{recorded} ({train_split} split, from the model metadata)')
@@ -83,7 +90,8 @@ class Baselines:
         ``module``: the model's loaded TorchScript module, if any (saves loading it again).
         Why a baseline is skipped is appended to ``notes``.
         """
-        train, source = baseline_training_set(dataset, split, train_dataset, meta, notes)
+        train, source = baseline_training_set(dataset, split, train_dataset, meta, notes,
+                                              model)
         if not train:
             return cls()
         from posenet_ros.evaluation.baselines import feature_extractor

@@ -9,7 +9,9 @@ One typed function, :func:`evaluate`, and a thin CLI, :func:`main`. A report fol
   (25 cm, 2 deg), (0.5 m, 5 deg), (1 m, 10 deg), ms p50/p95, for the model and each baseline
   (failed frames count as infinite error; see ``posenet_ros.evaluation.metrics``);
 * ``cdf.png`` (paper Fig. 7), ``map.png`` (Fig. 4), ``errors_over_time.png``;
-* ``prediction.tum`` / ``ground_truth.tum`` - TUM trajectories for ``evo_ape tum``.
+* ``prediction.tum`` / ``ground_truth.tum`` - TUM trajectories for ``evo_ape tum``; with a
+  map also ``verified.tum`` (verified frames only). Each leaves out the frames without a pose,
+  which evo cannot show: ``summary.json``'s ``trajectories`` counts them.
 
 With a scene map (``map_path``, ``--map``), every frame is also verified and refined
 (``posenet_ros.verify``, the same code path as the node): the method ``refined`` holds the
@@ -344,7 +346,7 @@ def _setup_model(model, device: str, *, dataset, split: str, baselines: bool, tr
     reloc = _load_relocalizer(model, device)
     meta = reloc.metadata
     notes: list[str] = []
-    warning = selection_warning(meta, dataset, split)
+    warning = selection_warning(meta, dataset, split, model)
     if warning:
         log.warning(warning)
         notes.append(warning)

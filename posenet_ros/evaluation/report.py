@@ -29,6 +29,7 @@ from posenet_ros.evaluation.metrics import (
 )
 
 __all__ = ['MODEL_METHOD', 'REFINED_METHOD', 'WRONG_VERIFIED', 'STATUS_CODE', 'REPORT_FILES',
+           'VERIFIED_TUM',
            'GroundTruth', 'MethodResult', 'format_markdown', 'write_report', 'load_summary',
            'selection_warning']
 
@@ -42,6 +43,8 @@ REPORT_FILES = {'frames': 'frames.csv', 'summary_json': 'summary.json',
                 'summary_md': 'summary.md', 'cdf': 'cdf.png', 'map': 'map.png',
                 'errors_over_time': 'errors_over_time.png', 'prediction_tum': 'prediction.tum',
                 'ground_truth_tum': 'ground_truth.tum'}
+# With a scene map: the refined poses of the verified frames only (what a robot acts on).
+VERIFIED_TUM = 'verified.tum'
 
 
 @dataclass
@@ -124,11 +127,26 @@ def format_markdown(summary: dict) -> str:
                   '- refinement ms p50/p95: ' + ', '.join(
                       f'{k} {_fmt(v["p50"], 1)}/{_fmt(v["p95"], 1)}'
                       for k, v in ver['ms'].items())]
+    lines += _trajectory_lines(summary.get('trajectories'))
     for note in summary.get('notes', []):
         lines.append(f'- note: {note}')
     if summary.get('files'):
         lines += ['', 'Files: ' + ', '.join(f'[{v}]({v})' for v in summary['files'].values())]
     return '\n'.join(lines) + '\n'
+
+
+def _trajectory_lines(section: dict | None) -> list[str]:
+    """Markdown: what each TUM file leaves out, which ``evo_ape`` cannot show."""
+    if not section:
+        return []
+    lines = ['', '## TUM trajectories (for evo)', '']
+    for key in ('prediction', 'verified'):
+        t = section.get(key)
+        if t:
+            lines.append(f'- `{t["file"]}` ({t["method"]}): {t["n_poses"]} of '
+                         f'{section["n_frames"]} frames; **{t["n_missing"]} {t["missing"]}** '
+                         'left out, which evo_ape does not count')
+    return lines
 
 
 def _restore_inf(obj):
@@ -159,7 +177,7 @@ def write_report(out_dir, gt: GroundTruth, methods: Mapping[str, MethodResult], 
     has_stamps = bool(np.isfinite(gt.stamps).all())
     times = gt.stamps if has_stamps else np.arange(len(gt.names), dtype=np.float64)
     _write_frames_csv(out / REPORT_FILES['frames'], gt, methods, errors)
-    _write_trajectories(out, times, gt, main_name, methods[main_name])
+    trajectories = _write_trajectories(out, times, gt, main_name, methods)
     _write_plots(out, title, times, has_stamps, gt, main_name, methods[main_name], errors,
                  train_positions)
     summary = {
@@ -168,7 +186,9 @@ def write_report(out_dir, gt: GroundTruth, methods: Mapping[str, MethodResult], 
         'methods': {name: _summarize_method(methods[name], *errors[name]) for name in methods},
         'descriptions': {k: m.description for k, m in methods.items()},
         'notes': list(notes),
-        'files': dict(REPORT_FILES),
+        'trajectories': trajectories,
+        'files': {**REPORT_FILES, **({'verified_tum': VERIFIED_TUM}
+                                     if 'verified' in trajectories else {})},
         'plots': {k: str((out / REPORT_FILES[k]).resolve())
                   for k in ('cdf', 'map', 'errors_over_time')},
         **(extra_summary or {}),
@@ -227,14 +247,34 @@ def _write_frames_csv(path: Path, gt: GroundTruth, methods: Mapping[str, MethodR
 
 
 def _write_trajectories(out: Path, times: np.ndarray, gt: GroundTruth, main_name: str,
-                        main: MethodResult) -> None:
+                        methods: Mapping[str, MethodResult]) -> dict:
+    """The TUM files, and how many frames each one leaves out (the ``trajectories`` section).
+
+    evo pairs a trajectory with the ground truth by stamp and scores only the poses the file
+    holds: a frame without a pose is invisible to it, so the count is reported here.
+    """
     from posenet_ros.evaluation.trajectory_io import write_tum
 
-    write_tum(out / REPORT_FILES['prediction_tum'], times, main.positions,
-              np.where(main.valid[:, None], main.quaternions, np.nan),
-              comment=f'{main_name} predictions; failed frames omitted')
+    n = len(gt.names)
+    section = {'n_frames': n}
+    files = [('prediction', REPORT_FILES['prediction_tum'], main_name,
+              'failed frames (no or non-finite pose)')]
+    refined = [k for k in methods if k.startswith(REFINED_METHOD)]
+    if refined:
+        files.append(('verified', VERIFIED_TUM, refined[0],
+                      'frames not verified against the scene map (unverified or rejected)'))
+    for key, name, method, missing in files:
+        m = methods[method]
+        n_poses = int(np.sum(m.valid))
+        write_tum(out / name, times, m.positions,
+                  np.where(m.valid[:, None], m.quaternions, np.nan),
+                  comment=f'{method}: {n_poses} of {n} frames; {n - n_poses} {missing} are '
+                          'left out, and evo_ape does not count them')
+        section[key] = {'file': name, 'method': method, 'n_poses': n_poses,
+                        'n_missing': n - n_poses, 'missing': missing}
     write_tum(out / REPORT_FILES['ground_truth_tum'], times, gt.positions, gt.quaternions,
               comment='ground truth')
+    return section
 
 
 def _write_plots(out: Path, title: str, times: np.ndarray, has_stamps: bool, gt: GroundTruth,
@@ -259,7 +299,7 @@ def load_summary(path) -> dict:
     return _restore_inf(json.loads(Path(path).read_text(encoding='utf-8')))
 
 
-def selection_warning(meta: Mapping, dataset, split: str) -> str | None:
+def selection_warning(meta: Mapping, dataset, split: str, model_path=None) -> str | None:
     """A warning when the export was selected (``best.pt``) on the split now being scored.
 
     The trainer records the split that chose the exported model as ``training.selected_on``
@@ -270,8 +310,11 @@ def selection_warning(meta: Mapping, dataset, split: str) -> str | None:
     selected = training.get('selected_on', training.get('val_split'))  # older exports
     if dataset is None or not selected or selected != split:
         return None
-    recorded = training.get('dataset')
-    if recorded and Path(recorded).resolve() != Path(dataset).resolve():
+    from posenet_ros.model.paths import recorded_dataset
+
+    raw = training.get('dataset')
+    recorded = (recorded_dataset(dict(meta), model_path) or Path(raw)) if raw else None
+    if recorded and recorded.resolve() != Path(dataset).resolve():
         return None
     return (f'the model was selected on the {split!r} split of {recorded or dataset} (best.pt '
             'by validation error on it), the split scored here: these numbers are optimistic. '

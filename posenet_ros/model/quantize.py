@@ -409,6 +409,11 @@ def quantize_export(model_path: str | Path, calibration, out_path: str | Path | 
     })
     out = Path(out_path) if out_path is not None else default_output(model_path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    from posenet_ros.model.paths import dataset_record, recorded_dataset
+
+    trained_on = recorded_dataset(meta, model_path)
+    if trained_on is not None:  # relative to the int8 file, wherever --out puts it
+        new_meta.setdefault('training', {}).update(dataset_record(trained_on, out.parent))
     say(f'writing {out}')
     save_torchscript(wrapped, out, new_meta)
     return QuantizeResult(out, new_meta, len(images))
@@ -480,6 +485,36 @@ def _held_out(dataset, train_split: str, limit: int):
     return samples, 'test'
 
 
+def write_int8_map(fp32_path, int8_path, dataset, say: Callable[[str], None]) -> Path | None:
+    """The int8 model's scene map from the fp32 model's (beside each export), or None.
+
+    The node's default ``refine: request`` needs the map beside the model it loads; the int8
+    model gets the fp32 map's frames and points with its own retrieval features
+    (:func:`posenet_ros.verify.derive.derive_map`). ``dataset`` holds the map's frames when
+    the dataset recorded in the fp32 map is not here. Says why when no map is written.
+    """
+    from posenet_ros.core.errors import PoseNetError
+    from posenet_ros.verify.derive import derive_map
+    from posenet_ros.verify.mapfile import default_map_path
+
+    fp32_map = default_map_path(fp32_path)
+    fix = f"build it with 'posenet-ros map --model {int8_path} --dataset DIR'"
+    if not fp32_map.is_file():
+        say(f'no scene map beside {fp32_path} ({fp32_map.name}): the int8 model has none; {fix} '
+            'before running the node with refine: request')
+        return None
+    try:
+        try:
+            path, _ = derive_map(int8_path, fp32_map)
+        except PoseNetError:  # the map's recorded frames moved: in the calibration dataset?
+            path, _ = derive_map(int8_path, fp32_map, dataset=dataset)
+    except PoseNetError as exc:
+        say(f'no scene map written for the int8 model: {exc}; or {fix}')
+        return None
+    say(f'wrote {path} (the frames and points of {fp32_map.name}, int8 retrieval features)')
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``posenet-ros quantize MODEL.ts --dataset DS [--split train] [--frames N] [--out P]``."""
     parser = argparse.ArgumentParser(
@@ -501,6 +536,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help='held-out frames compared fp32 vs int8 (default 100, 0 = skip)')
     parser.add_argument('--threads', type=int, default=1,
                         help='torch threads for the comparison (default 1, as the node)')
+    parser.add_argument('--no-map', action='store_true',
+                        help="write no scene map for the int8 model (default: the fp32 map's "
+                             'frames and points with the int8 retrieval features, '
+                             '<model>.int8.map.npz)')
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     torch.set_num_threads(max(1, args.threads))
 
@@ -512,6 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     q = result.metadata['quantization']
     say(f'wrote {result.path} (model_id {result.metadata["model_id"]}, from '
         f'{q["source_model_id"]}; {result.n_calibration} calibration frames)')
+    if not args.no_map:
+        write_int8_map(args.model, result.path, args.dataset, say)
     eval_samples, eval_split = (None, None)
     if args.eval_frames > 0:
         eval_samples, eval_split = _held_out(args.dataset, args.split, args.eval_frames)

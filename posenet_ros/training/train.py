@@ -421,13 +421,15 @@ def _finish(run: _Parts, st: TrainState, stopped_early: bool,
 def _export(cfg: TrainConfig, result: TrainResult, net: nn.Module, data: TrainData,
             history) -> None:
     from posenet_ros.model.export import export_model
+    from posenet_ros.model.paths import dataset_record
     from posenet_ros.model.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
     map_frame, camera_frame = dataset_frames(cfg)
     last = history[-1] if history else {}
     training = {
         'epochs': result.epochs, 'best_epoch': result.best_epoch,
-        'dataset': str(cfg.dataset), 'dataset_kind': cfg.dataset_kind,
+        # absolute and relative to the export: found again from any working directory
+        **dataset_record(cfg.dataset, cfg.export_dir), 'dataset_kind': cfg.dataset_kind,
         'train_split': cfg.train_split, 'n_train': len(data.train),
         'val_split': cfg.val_split, 'n_val': len(data.val),
         # the split whose median error chose this model (best.pt); None: no validation, the

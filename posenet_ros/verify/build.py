@@ -108,18 +108,22 @@ def _frame_intrinsics(samples, K_override, source) -> np.ndarray:
     return np.stack([s.intrinsics for s in samples])
 
 
-def _load_frames(dataset, split, kind, model_meta):
+def _load_frames(dataset, split, kind, model_meta, model_path=None):
     from posenet_ros.datasets import load_dataset
 
     if dataset is None:
+        from posenet_ros.model.paths import recorded_dataset, recorded_dataset_candidates
+
         training = model_meta.get('training') or {}
-        dataset = training.get('dataset') or (model_meta.get('config') or {}).get('dataset')
         split = training.get('train_split') or split
         kind = training.get('dataset_kind') or kind
-        if not dataset or not Path(dataset).exists():
+        dataset = recorded_dataset(model_meta, model_path)
+        if dataset is None:
+            tried = [str(p) for p in recorded_dataset_candidates(model_meta, model_path)]
             raise MapBuildError(
-                f'the export records no usable training set ({dataset!r}); pass --dataset '
-                'DIR_OR_BAG with the posed frames to map')
+                'the export records no training set that exists here (tried '
+                f'{", ".join(tried) or "none recorded"}); pass --dataset DIR_OR_BAG with the '
+                'posed frames to map')
     samples = load_dataset(dataset, split, kind=kind)
     if not samples:
         raise MapBuildError(f'{dataset} ({split} split) has no frames to map; pass a dataset '
@@ -270,7 +274,7 @@ def build_map(model, out=None, *, dataset=None, split: str = 'train', dataset_ki
     model, meta = _open_model(model)
     out = Path(out) if out else default_map_path(model)
     t_start = time.perf_counter()
-    samples, source, split = _load_frames(dataset, split, dataset_kind, meta)
+    samples, source, split = _load_frames(dataset, split, dataset_kind, meta, model)
     K = _frame_intrinsics(samples, intrinsics, source)
     steps = _Steps(progress)
     timings = {}
