@@ -216,7 +216,8 @@ class Supervisor:
 
     # --- the one entry point --------------------------------------------------------------------
     def observe(self, stamp_ns: int, verified: Pose | None, localizer=None, odom=None, *,
-                localizer_covariance=None, speed: float | None = None) -> Action | None:
+                localizer_covariance=None, speed: float | None = None,
+                localizer_publishing: bool = False) -> Action | None:
         """One frame: what to send now (an :class:`Action`), or None.
 
         ``verified``: the verified ``T_map_base`` (a ``Pose`` with covariance) or None (the
@@ -224,7 +225,9 @@ class Supervisor:
         ``T_map_base`` at ``stamp_ns`` (4x4 or ``Pose``), None while it has no pose;
         ``localizer_covariance``: its 6x6, when known (else the ``Pose``'s). ``odom``:
         ``T_odom_base`` at ``stamp_ns`` (4x4 or ``Pose``) or None; ``speed``: m/s, else
-        derived from consecutive odometry.
+        derived from consecutive odometry. ``localizer_publishing``: the localizer has a pose,
+        only not at ``stamp_ns`` (e.g. AMCL's ``map -> odom`` is future-dated, so the frames of
+        its first second precede its first stamp): a running localizer is never initialized.
         """
         cfg = self.config
         self.counters['observed'] += 1
@@ -237,6 +240,7 @@ class Supervisor:
         if localizer_covariance is None and isinstance(localizer, Pose):
             localizer_covariance = localizer.covariance
         if loc_m is None:
+            self._seen_localizer |= bool(localizer_publishing)
             return self._without_localizer(stamp_ns, verified, odom_m)
         self._seen_localizer = True
         if verified is None:

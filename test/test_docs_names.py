@@ -86,7 +86,6 @@ FOREIGN_FLAGS = {
 # snake_case names in inline code that are other software's (not found in our code on purpose).
 FOREIGN_NAMES = {
     'pose0_config': 'robot_localization parameter: which fields of pose0 are fused',
-    'base_frame_id': 'Nav2 AMCL parameter our base_frame must match',
     'odom_frame_id': 'Nav2 AMCL parameter our odom_frame must match',
     'global_frame_id': 'Nav2 AMCL parameter our map frame must match',
 }

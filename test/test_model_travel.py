@@ -166,10 +166,16 @@ def test_installed_and_int8_models_start_with_their_maps(scene_model, tmp_path):
 
     pkg = _package_copy(tmp_path / 'pkg', {p.name: p for p in models.iterdir()})
     prefix = tmp_path / 'prefix'
+    # --ignore-installed: without it pip uninstalls the venv's own (editable) posenet_ros before
+    # installing into the prefix, and every later test's child process loses the package.
     subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-index',
-                    '--no-build-isolation', '--quiet', '--prefix', str(prefix), str(pkg)],
+                    '--no-build-isolation', '--ignore-installed', '--quiet', '--prefix',
+                    str(prefix), str(pkg)],
                    check=True, cwd=tmp_path, capture_output=True)
     share = prefix / 'share' / 'posenet_ros'
+    still = subprocess.run([sys.executable, '-c', 'import posenet_ros'], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert still.returncode == 0, "installing into a prefix removed the venv's posenet_ros"
     launch = _launch_module()
     started = {  # what the launch file hands the node as model_path
         'share_int8': launch.resolve_model('scene.int8.ts', '', str(share)),

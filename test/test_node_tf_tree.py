@@ -1,7 +1,6 @@
 """Base-frame outputs against the truth: a bag with a real TF tree replayed through the node.
 
-The session's small scene model (trained on the synthetic courtyard, ``conftest.scene_model``)
-replays the test bag of its scene. The bag carries
+A model is really trained (briefly) on the synthetic courtyard. The scene's test bag carries
 ``map -> odom -> base_link`` on /tf (drifting odometry), ``base_link -> camera_link ->
 camera_optical`` on /tf_static and the true camera and base poses. ``BagPlayer`` replays the
 images, camera_info, /tf and /tf_static over DDS into a node in its own process (``tf_mode
@@ -41,6 +40,7 @@ pytest.importorskip('tf2_msgs.msg', reason='tf2_msgs is not built into this envi
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped  # noqa: E402
+from helpers_model import train_small_scene_model  # noqa: E402
 from helpers_slow import slow_fixture  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from ros_helpers import RosSession  # noqa: E402
@@ -55,7 +55,7 @@ from posenet_ros.core.ros_conversions import fill_stamp, msg_to_matrix, stamp_to
 pytestmark = [pytest.mark.ros]
 
 NODE = 'posenet_relocalizer'
-N_TEST = 24  # the test laps of the session's scene model
+N_TRAIN, N_TEST = 80, 24
 TOLERANCE = 0.05  # s, transform_tolerance: map -> odom stamps are image stamp + this
 YAW_TOL_DEG, POS_TOL_M = 1.0, 0.005  # the targets for a TF-tree pose
 
@@ -71,15 +71,19 @@ def _dyaw(a, b):
 
 
 @slow_fixture(scope='module')
-def scene(scene_model, tmp_path_factory):
-    """The session's trained scene model (run with refine off) and its test bag with the truth."""
+def scene(tmp_path_factory):
+    """A briefly trained export (no map: refine off) and the test bag with its truth."""
+    import torch
     from rosbags.highlevel import AnyReader
 
-    from posenet_ros.tools.synthetic import T_BASE_CAM, write_bag
+    from posenet_ros.tools.synthetic import T_BASE_CAM, SceneConfig, write_bag, write_dataset
 
-    cfg = scene_model.cfg
-    assert cfg.n_test == N_TEST
-    bag = write_bag(tmp_path_factory.mktemp('node_tf_tree') / 'bag', cfg, progress=False)
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp('node_tf_tree')
+    cfg = SceneConfig(seed=0, width=160, height=120, fx=138.5, n_train=N_TRAIN, n_test=N_TEST)
+    ds = write_dataset(root / 'dataset', cfg, progress=False)
+    model = train_small_scene_model(root, ds, epochs=30).export_ts
+    bag = write_bag(root / 'bag', cfg, progress=False)
     truth = {'cam': {}, 'base': {}, 'map_odom': {}, 'odom_base': {}}
     with AnyReader([bag]) as reader:
         for conn, _, raw in reader.messages():
@@ -93,8 +97,7 @@ def scene(scene_model, tmp_path_factory):
                     name = {'odom': 'map_odom', 'base_link': 'odom_base'}[tf.child_frame_id]
                     truth[name][stamp_to_ns(tf.header.stamp)] = msg_to_matrix(tf)
     assert len(truth['cam']) == len(truth['base']) == len(truth['map_odom']) == N_TEST
-    return {'model': scene_model.model, 'bag': bag, 'truth': truth, 'T_base_cam': T_BASE_CAM,
-            'cfg': cfg}
+    return {'model': model, 'bag': bag, 'truth': truth, 'T_base_cam': T_BASE_CAM, 'cfg': cfg}
 
 
 def _params(scene, **extra):
@@ -317,7 +320,7 @@ def test_no_extrinsic_no_base_output_reason_visible_and_input_rate(bare, scene):
     inbox = Inbox(s, NODE)
     cfg = scene['cfg']
     p, q = trajectory('test', 1, 0)[0]
-    frame = render(make_scene(cfg.seed), p, q, cfg.K(), cfg.width, cfg.height)
+    frame = render(make_scene(0), p, q, cfg.K(), cfg.width, cfg.height)
     future = inbox.relocalize.call_async(Trigger.Request())
     # images at 10 Hz against a 30 Hz camera_info: two of every three frames "lost"
     _publish_stream(s, frame, cfg.K(), 60, 3, time.time())

@@ -279,3 +279,15 @@ def test_a_localizer_pose_missing_for_a_while_is_not_initialized_again():
     d.loc = loc
     d.run(0.5)
     assert d.actions == [] and sup.state == 'localized'
+
+
+def test_a_running_localizer_whose_first_stamp_is_ahead_is_never_initialized():
+    # AMCL future-dates map -> odom: the frames of its first second precede its first stamp, so
+    # the look-up at their stamps fails while its latest transform exists (publishing)
+    sup = auto()
+    for i in range(30):
+        t = i / HZ
+        truth = geometry.compose(planar(1.0, 2.0, 0.3), odom_at(t))
+        assert sup.observe(int(t * S), Pose.from_matrix(truth, VER_COV), None, odom_at(t),
+                           localizer_publishing=True) is None
+    assert sup.status()['inits_sent'] == 0 and sup.state != 'initializing'

@@ -21,6 +21,7 @@ import math
 import threading
 import time
 
+from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -31,6 +32,8 @@ from posenet_ros.core.errors import ConfigError
 from posenet_ros.core.ros_conversions import stamp_to_ns
 from posenet_ros.ros.diagnostics import ERROR, OK, WARN
 from posenet_ros.supervision import Supervisor, SupervisorConfig
+
+LATEST = TimeMsg()  # tf2's time 0: the latest transform
 
 __all__ = ['NodeSupervision', 'STATE_QOS', 'check_config', 'supervisor_config']
 
@@ -110,15 +113,21 @@ class NodeSupervision:
         stamp_ns = stamp_to_ns(result.stamp)
         verified = result.refined_base if result.verified else None
         localizer = odom = None
+        publishing = False
         if verified is not None:
             localizer = self._lookup(self._outputs.map_frame(), result.stamp, 'localizer')
             odom = self._lookup(cfg['odom_frame'], result.stamp, 'odometry')
+            # Not at this stamp is not "no localizer": AMCL future-dates map -> odom, so a
+            # frame can precede its first stamp; the latest transform tells it exists.
+            publishing = localizer is not None or self._tf.lookup(
+                self._outputs.map_frame(), cfg['base_frame'], LATEST, 0.0)[0] is not None
         with self._lock:
             config = supervisor_config(cfg)
             if config != self._sup.config:
                 self._sup.configure(config)
             action = self._sup.observe(stamp_ns, verified, localizer, odom,
-                                       localizer_covariance=self._localizer_cov)
+                                       localizer_covariance=self._localizer_cov,
+                                       localizer_publishing=publishing)
             self._last_stamp_ns = stamp_ns
         if action is not None:
             self._outputs.publish_initial(result.stamp, action.pose)
