@@ -28,6 +28,7 @@ from posenet_ros.core.errors import MapBuildError, MissingIntrinsicsError
 from posenet_ros.verify.features import (
     DEFAULT_MAX_FEATURES,
     FEATURE_KINDS,
+    FeatureSpec,
     extract_features,
     match_descriptors,
     matcher_descriptors,
@@ -56,6 +57,9 @@ class MapConfig:
 
     feature: str = 'sift'
     max_features: int = DEFAULT_MAX_FEATURES
+    preprocess: str = 'none'  # grey-image preparation before detection (features.PREPROCESSING)
+    contrast_threshold: float = 0.04  # SIFT's, on the prepared image
+    relative_contrast: bool = False  # scale it down on low-contrast frames
     ratio: float = 0.8  # Lowe's ratio test, both directions
     epipolar_px: float = 2.0  # Sampson distance to the epipolar line of the known poses
     max_view_angle_deg: float = 40.0  # pairs: optical axes at most this far apart
@@ -151,6 +155,7 @@ def _frame_features(samples, K, cfg: MapConfig, steps, reloc):
     from posenet_ros.datasets import load_image
 
     feats, sizes, globals_ = [], [], []
+    spec = feature_spec(cfg)
     for s, k in steps(zip(samples, K), 'local and global features', len(samples)):
         img = load_image(s)
         h, w = img.shape[:2]
@@ -160,10 +165,17 @@ def _frame_features(samples, K, cfg: MapConfig, steps, reloc):
                 f'the {w}x{h} image; the intrinsics are for another resolution. Pass '
                 '--intrinsics fx,fy,cx,cy for the stored images')
         sizes.append((w, h))
-        feats.append(extract_features(img, cfg.feature, cfg.max_features))
+        feats.append(extract_features(img, spec))
         if reloc is not None:
             globals_.append(reloc.predict(img).feature)
     return feats, sizes, globals_
+
+
+def feature_spec(cfg: MapConfig) -> FeatureSpec:
+    """The local-feature settings of a map built with ``cfg`` (the query uses the same)."""
+    return FeatureSpec(kind=cfg.feature, max_features=cfg.max_features, preprocess=cfg.preprocess,
+                       contrast_threshold=cfg.contrast_threshold,
+                       relative=cfg.relative_contrast)
 
 
 def _geometric_matches(feats, T, K, pairs, cfg: MapConfig, steps):
@@ -224,7 +236,7 @@ def _header(meta, model: Path, source, split, cfg, names, pos, offsets, tracks, 
     return {
         'model_id': str(meta['model_id']), 'model_file': model.name,
         'backbone': meta.get('backbone'), 'dataset': source, 'split': split,
-        'feature': cfg.feature,
+        'feature': cfg.feature, 'feature_spec': feature_spec(cfg).to_dict(),
         'global_feature': extra['global_feature'],
         'config': {k: (list(v) if isinstance(v, tuple) else v)
                    for k, v in vars(cfg).items()},

@@ -87,6 +87,13 @@ class SceneMap:
         return str(self.header['feature'])
 
     @property
+    def feature_spec(self):
+        """How the map's local features were extracted (a query must use the same)."""
+        from posenet_ros.verify.features import FeatureSpec
+
+        return FeatureSpec.from_dict(self.header['feature_spec'])
+
+    @property
     def n_frames(self) -> int:
         """Number of mapping frames."""
         return len(self.frame_position)

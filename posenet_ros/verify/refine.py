@@ -158,6 +158,7 @@ class MapLocalizer:
         self.map = scene_map
         self.cfg = config or VerifierConfig()
         self.kind = scene_map.feature
+        self.spec = scene_map.feature_spec
         self.axes = optical_axes(scene_map.frame_quaternion)
         g = np.asarray(scene_map.frame_global, np.float32)
         self.global_unit = (g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
@@ -285,7 +286,7 @@ class MapLocalizer:
         ms = {}
 
         t0 = time.perf_counter()
-        q = extract_features(frame, self.kind, c.max_features)
+        q = extract_features(frame, self.spec, c.max_features)
         ms['features'] = (time.perf_counter() - t0) * 1e3
 
         def done(status, reason, **kw):
