@@ -57,9 +57,9 @@ class MapConfig:
 
     feature: str = 'sift'
     max_features: int = DEFAULT_MAX_FEATURES
-    preprocess: str = 'none'  # grey-image preparation before detection (features.PREPROCESSING)
+    preprocess: str = 'clahe'  # grey-image preparation before detection (features.PREPROCESSING)
     contrast_threshold: float = 0.04  # SIFT's, on the prepared image
-    relative_contrast: bool = False  # scale it down on low-contrast frames
+    relative_contrast: bool = True  # scale it down on low-contrast frames
     ratio: float = 0.8  # Lowe's ratio test, both directions
     epipolar_px: float = 2.0  # Sampson distance to the epipolar line of the known poses
     max_view_angle_deg: float = 40.0  # pairs: optical axes at most this far apart

@@ -58,9 +58,9 @@ class FeatureSpec:
 
     kind: str = 'sift'
     max_features: int = DEFAULT_MAX_FEATURES
-    preprocess: str = 'none'
+    preprocess: str = 'clahe'
     contrast_threshold: float = 0.04
-    relative: bool = False
+    relative: bool = True
     clahe_clip: float = 2.0
 
     def __post_init__(self):

@@ -29,7 +29,13 @@ import numpy as np
 
 from posenet_ros.core.errors import MissingIntrinsicsError
 from posenet_ros.core.geometry import invert, matrix_to_quat, quat_to_matrix
-from posenet_ros.verify.features import extract_features, match_descriptors, matcher_descriptors
+from posenet_ros.verify.features import (
+    extract_features,
+    grey_image,
+    image_structure,
+    match_descriptors,
+    matcher_descriptors,
+)
 from posenet_ros.verify.mapfile import SceneMap
 from posenet_ros.verify.pairs import optical_axes
 
@@ -51,7 +57,10 @@ class VerifierConfig:
     pnp_iterations: int = 2000
     pnp_confidence: float = 0.9999
     # decision rule
-    min_query_features: int = 30  # fewer: rejected (blank, covered or blurred frame)
+    # band-pass contrast of the frame, grey levels (features.image_structure); lower: rejected
+    # (blank or covered: a lens cap, a hand, a smeared lens ~0-1.5; dusk at 1/4 brightness ~5)
+    min_structure: float = 2.0
+    min_query_features: int = 30  # fewer: unverified (too dark or too blurred to match)
     min_matches: int = 12  # fewer 2D-3D matches: unverified
     min_inliers: int = 30  # fewer PnP inliers: unverified
     min_inlier_ratio: float = 0.2  # lower inliers / matches: rejected (ambiguous)
@@ -82,6 +91,7 @@ class Verification:
     reproj_rms_px: float = float('nan')
     n_matches: int = 0
     n_query_features: int = 0
+    structure: float = float('nan')
     spread: float = float('nan')
     candidates: list = field(default_factory=list)
     ms: dict = field(default_factory=dict)
@@ -286,18 +296,26 @@ class MapLocalizer:
         ms = {}
 
         t0 = time.perf_counter()
-        q = extract_features(frame, self.spec, c.max_features)
+        structure = image_structure(grey_image(frame))
+        q = (extract_features(frame, self.spec, c.max_features)
+             if structure >= c.min_structure else ())
         ms['features'] = (time.perf_counter() - t0) * 1e3
 
         def done(status, reason, **kw):
             ms.setdefault('matching', 0.0)
             ms.setdefault('pnp', 0.0)
             ms['total'] = (time.perf_counter() - t_start) * 1e3
-            return Verification(status, reason, n_query_features=len(q), ms=ms, **kw)
+            return Verification(status, reason, n_query_features=len(q), structure=structure,
+                                ms=ms, **kw)
 
+        # a covered lens is told by what the image holds, not by a feature count that a dark
+        # or blurred frame also fails
+        if not structure >= c.min_structure:
+            return done('rejected', f'image structure {structure:.1f} < {c.min_structure} grey '
+                                    'levels: blank or covered frame (nothing to see)')
         if len(q) < c.min_query_features:
-            return done('rejected', f'{len(q)} local features < {c.min_query_features}: blank, '
-                                    'covered or blurred frame')
+            return done('unverified', f'{len(q)} local features < {c.min_query_features}: too '
+                                      'dark or too blurred to match')
         t0 = time.perf_counter()
         cand = self.candidates(position, quaternion_wxyz, global_feature)
         corr = self._correspondences(q, cand)
