@@ -173,7 +173,10 @@ def matcher_descriptors(desc: np.ndarray, kind: str) -> np.ndarray:
 
 
 def _knn(d1: np.ndarray, d2: np.ndarray, kind: str, k: int):
-    """``(idx (N, k), dist (N, k))`` sorted nearest first, and the nearest d1 row of each d2 row.
+    """``(idx (N, k), dist (N, k))`` sorted nearest first, and the nearest d1 row of the d2 rows.
+
+    ``back[j]``: the d1 row nearest to d2 row ``j``, for every ``j`` that is some d1 row's
+    nearest (-1 for the others; only those are asked for).
 
     SIFT: one matrix product. ORB: OpenCV's Hamming brute force (popcount on the bytes).
     """
@@ -188,12 +191,17 @@ def _knn(d1: np.ndarray, d2: np.ndarray, kind: str, k: int):
         back = np.array([m.trainIdx for m in bf.match(d2, d1)], np.int64)
         return idx, dist, back
     sim = d1 @ d2.T  # unit rows: distance = sqrt(2 - 2 sim)
-    top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    n2 = sim.shape[1]
+    top = np.argpartition(sim, n2 - k, axis=1)[:, n2 - k:]  # no negated copy of the matrix
     top_s = np.take_along_axis(sim, top, axis=1)
     order = np.argsort(-top_s, axis=1, kind='stable')
     top = np.take_along_axis(top, order, axis=1)
     dist = np.sqrt(np.maximum(2.0 - 2.0 * np.take_along_axis(top_s, order, axis=1), 0.0))
-    return top, dist, np.argmax(sim, axis=0)
+    # the mutual check needs the nearest d1 row only of the d2 rows some d1 row chose
+    cols = np.unique(top[:, 0])
+    back = np.full(n2, -1, np.int64)
+    back[cols] = np.argmax(sim[:, cols], axis=0)
+    return top, dist, back
 
 
 def match_descriptors(d1: np.ndarray, d2: np.ndarray, kind: str, ratio: float = 0.8,
