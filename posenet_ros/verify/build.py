@@ -241,6 +241,8 @@ def _header(meta, model: Path, source, split, cfg, names, pos, offsets, tracks, 
         'config': {k: (list(v) if isinstance(v, tuple) else v)
                    for k, v in vars(cfg).items()},
         'frames_fingerprint': frames_fingerprint(names, pos), 'frame_names': names,
+        'sessions': [{'name': 'session 0', 'dataset': source, 'split': split, 'first_frame': 0,
+                      'frames': len(names)}],
         'intrinsics_source': extra['intrinsics_source'],
         'stats': {
             'frames': len(names), 'pairs': extra['pairs'], 'raw_matches': extra['raw_matches'],
@@ -348,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--dataset-kind', default='auto',
                     choices=('auto', 'manifest', 'cambridge', '7scenes', 'bag'))
     ap.add_argument('--out', type=Path, help='map file (default: <model>.map.npz beside it)')
+    ap.add_argument('--add', action='store_true',
+                    help="add --dataset's posed frames (another session: dusk, another "
+                         'season, verified frames) to the existing map --out instead of '
+                         'building a new one')
+    ap.add_argument('--session', help='name of the session --add adds (default: session N)')
     ap.add_argument('--intrinsics', metavar='FX,FY,CX,CY',
                     help='pinhole intrinsics in pixels of the stored images, for datasets '
                          'without them (applies to every frame)')
@@ -375,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                     min_angle_deg=args.min_angle, min_views=args.min_views,
                     epipolar_px=args.epipolar_px)
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
+    if args.add:
+        return _main_add(args, K)
     path, header = build_map(args.model, args.out, dataset=args.dataset, split=args.split,
                              dataset_kind=args.dataset_kind, intrinsics=K, config=cfg,
                              device=args.device, global_features=not args.no_global_features,
@@ -385,4 +394,22 @@ def main(argv: list[str] | None = None) -> int:
           f'{st["pairs"]} pairs, {st["points"]} points from {st["observations"]} observations '
           f'(median {st["median_track_views"]:.0f} views, {st["median_angle_deg"]:.1f} deg), '
           f'built in {header["timings_s"]["total_s"]:.1f} s')
+    return 0
+
+
+def _main_add(args, K) -> int:
+    from posenet_ros.verify.sessions import add_session
+
+    if args.dataset is None:
+        raise MapBuildError("'posenet-ros map --add' needs --dataset with the posed frames of "
+                            'the session to add')
+    path, header = add_session(args.out or default_map_path(args.model), args.model,
+                               args.dataset, split=args.split, dataset_kind=args.dataset_kind,
+                               intrinsics=K, name=args.session, device=args.device,
+                               progress=not args.quiet)
+    s = header['sessions'][-1]
+    print(f'map {path}: added {s["name"]!r} ({s["frames"]} frames of {s["dataset"]}): '
+          f'{s["links"]} observations of existing points, {s["points_added"]} new points, '
+          f'{s["seconds"]:.1f} s; {len(header["sessions"])} sessions, '
+          f'{header["stats"]["frames"]} frames, {header["stats"]["points"]} points')
     return 0

@@ -38,6 +38,7 @@ from posenet_ros.verify.features import (
 )
 from posenet_ros.verify.mapfile import SceneMap
 from posenet_ros.verify.pairs import optical_axes
+from posenet_ros.verify.sessions import frame_sessions, session_names
 
 __all__ = ['VerifierConfig', 'Verification', 'MapLocalizer', 'STATUSES', 'pose_covariance']
 
@@ -93,6 +94,7 @@ class Verification:
     n_query_features: int = 0
     structure: float = float('nan')
     spread: float = float('nan')
+    session: str | None = None  # map session most inliers were observed in (when verified)
     candidates: list = field(default_factory=list)
     ms: dict = field(default_factory=dict)
 
@@ -174,6 +176,8 @@ class MapLocalizer:
         self.global_unit = (g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
                             if g.size else None)
         self._desc_cache: dict[int, np.ndarray] = {}
+        self.sessions = session_names(scene_map.header)
+        self.frame_session = frame_sessions(scene_map.header, scene_map.n_frames)
 
     # -- helpers ------------------------------------------------------------------------------
     def default_intrinsics(self, width: int, height: int) -> np.ndarray:
@@ -214,7 +218,12 @@ class MapLocalizer:
             cos = self.axes @ axis
             ok = np.flatnonzero(cos >= np.cos(np.radians(c.max_view_angle_deg)))
             pool = ok if len(ok) else np.arange(self.map.n_frames)
-            out += [int(i) for i in pool[np.argsort(dist[pool], kind='stable')][:c.k_pose]]
+            order = pool[np.argsort(dist[pool], kind='stable')]
+            # the nearest frames of each session: a session added under another condition
+            # must not push the frames that match this one out of the candidates
+            for k in range(len(self.sessions)):
+                mine = order[self.frame_session[order] == k] if len(self.sessions) > 1 else order
+                out += [int(i) for i in mine[:c.k_pose]]
         if global_feature is not None and self.global_unit is not None and c.k_global > 0:
             g = np.asarray(global_feature, np.float32).reshape(-1)
             if g.shape[0] == self.global_unit.shape[1]:
@@ -225,19 +234,22 @@ class MapLocalizer:
 
     # -- stages -------------------------------------------------------------------------------
     def _correspondences(self, q, cand: list[int]) -> np.ndarray:
-        """``(M, 2)`` unique (query keypoint, map point) pairs against the candidate frames."""
+        """``(M, 3)`` unique (query keypoint, map point) pairs and a map frame that saw each."""
         qd = matcher_descriptors(q.desc, self.kind)
         rows = np.concatenate([np.arange(self.map.frame_offsets[f], self.map.frame_offsets[f + 1])
                                for f in cand]) if cand else np.zeros(0, np.int64)
         if len(rows) < 2:
-            return np.zeros((0, 2), np.int64)
+            return np.zeros((0, 3), np.int64)
         db = np.concatenate([self._frame_desc(f) for f in cand])
         pid = self.map.obs_point[rows]
         # one product against every candidate observation; the ratio test's second
         # neighbour must be another 3D point (a point seen in several candidates is not
         # ambiguous with itself)
         m = match_descriptors(qd, db, self.kind, self.cfg.ratio, mutual=True, labels2=pid)
-        return np.unique(np.stack([m[:, 0], pid[m[:, 1]]], axis=1), axis=0)
+        frame = np.repeat(cand, np.diff(self.map.frame_offsets)[cand])[m[:, 1]]
+        _, first = np.unique(np.stack([m[:, 0], pid[m[:, 1]]], axis=1), axis=0,
+                             return_index=True)
+        return np.stack([m[first, 0], pid[m[first, 1]], frame[first]], axis=1).astype(np.int64)
 
     def _pnp(self, obj: np.ndarray, img: np.ndarray, K: np.ndarray):
         """RANSAC + LM pose; ``None`` or ``(rvec, tvec, inliers, errors, n behind)``.
@@ -356,6 +368,8 @@ class MapLocalizer:
         problems = self._problems(T, cov, n_in, behind, ratio, rms, spread, position)
         if problems:
             return done('rejected', '; '.join(problems), **common)
+        sessions = np.bincount(self.frame_session[corr[inl, 2]], minlength=len(self.sessions))
+        common['session'] = self.sessions[int(np.argmax(sessions))]
         return done('verified', f'{n_in} inliers ({ratio:.0%}), RMS {rms:.2f} px',
                     position=T[:3, 3].copy(), quaternion_wxyz=matrix_to_quat(T[:3, :3]),
                     covariance=cov, **common)

@@ -34,7 +34,7 @@ from posenet_ros.tools.synthetic.raycast import render
 from posenet_ros.tools.synthetic.scene import Scene
 
 __all__ = ['CONDITION_KINDS', 'Condition', 'apply_condition', 'relit_scene', 'render_condition',
-           'motion_direction', 'parse_condition']
+           'motion_direction', 'parse_condition', 'write_condition_dataset']
 
 CONDITION_KINDS = ('recorded', 'dark', 'light', 'blur', 'defocus')
 
@@ -186,3 +186,39 @@ def render_condition(scene: Scene, pose, K, width: int, height: int, condition: 
     img = render(scene, pose[0], pose[1], K, width, height)
     motion = motion_direction(K, pose, next_pose) if next_pose is not None else None
     return apply_condition(img, condition, motion=motion, rng=rng)
+
+
+def write_condition_dataset(out_dir, cfg, condition: Condition, seed: int = 0):
+    """The courtyard's train and test frames under ``condition`` as a manifest dataset.
+
+    Same poses, names and intrinsics as :func:`~posenet_ros.tools.synthetic.write_dataset`;
+    the blur follows each trajectory's next frame. ``seed`` seeds the sensor noise.
+    """
+    from pathlib import Path
+
+    from posenet_ros.datasets.manifest import write_manifest
+    from posenet_ros.datasets.types import PoseSample
+    from posenet_ros.tools.synthetic.rig import trajectory
+    from posenet_ros.tools.synthetic.scene import make_scene
+
+    out_dir = Path(out_dir)
+    (out_dir / 'images').mkdir(parents=True, exist_ok=True)
+    scene = make_scene(cfg.seed)
+    lit = relit_scene(scene, condition.strength) if condition.kind == 'light' else None
+    rng = np.random.default_rng(seed)
+    K = cfg.K()
+    samples = []
+    for split, n in (('train', cfg.n_train), ('test', cfg.n_test)):
+        poses = trajectory(split, n, cfg.seed)
+        for i, pose in enumerate(poses):
+            nxt = poses[i + 1] if i + 1 < n else None
+            img = render_condition(scene, pose, K, cfg.width, cfg.height, condition,
+                                   next_pose=nxt, rng=rng, lit=lit)
+            path = out_dir / 'images' / f'{split}_{i:05d}.png'
+            if not cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+                raise ConfigError(f'cannot write {path}; check that the folder is writable')
+            samples.append(PoseSample(position=pose[0], quaternion=pose[1], split=split,
+                                      image_path=path, intrinsics=K, name=path.name))
+    write_manifest(out_dir, samples, info={'format': 'posenet_ros-manifest', 'version': 1,
+                                           'source': 'synthetic', 'condition': condition.name})
+    return out_dir
