@@ -53,7 +53,9 @@ class VerifierConfig:
     k_global: int = 3  # ... plus the nearest in network-feature space
     max_view_angle_deg: float = 60.0  # pose candidates: optical axes at most this far apart
     ratio: float = 0.8  # Lowe's ratio test (mutual) between query and candidate keypoints
-    max_features: int = 2000  # query local features
+    # query local features: the strongest 1,000 (a 640x480 frame after CLAHE has ~1,250, a
+    # 320x240 one ~500-650 under any condition); matching cost grows with their number
+    max_features: int = 1000
     pnp_threshold_px: float = 3.0  # RANSAC inlier threshold (reprojection error)
     pnp_iterations: int = 2000
     pnp_confidence: float = 0.9999
