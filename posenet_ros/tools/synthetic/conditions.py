@@ -209,6 +209,8 @@ def write_condition_dataset(out_dir, cfg, condition: Condition, seed: int = 0):
     K = cfg.K()
     samples = []
     for split, n in (('train', cfg.n_train), ('test', cfg.n_test)):
+        if n < 1:
+            continue
         poses = trajectory(split, n, cfg.seed)
         for i, pose in enumerate(poses):
             nxt = poses[i + 1] if i + 1 < n else None
