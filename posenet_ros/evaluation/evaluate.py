@@ -403,6 +403,13 @@ def _add_refined(report: ReportBuilder, coarse: MethodResult, vers: list, map_pa
     coarse.extra['ver_status'] = np.array([STATUS_CODE[v.status] for v in vers], float)
     coarse.extra['ver_inliers'] = np.array([v.n_inliers for v in vers], float)
     coarse.extra['ver_ms'] = r.ms.copy()
+    # which map session (index into the map header's sessions) each verified frame matched
+    from posenet_ros.verify import load_map
+    from posenet_ros.verify.sessions import session_names
+
+    names = session_names(load_map(map_path).header)
+    coarse.extra['ver_session'] = np.array(
+        [names.index(v.session) if v.session in names else -1 for v in vers], float)
     stages = {}
     for k in ('features', 'matching', 'pnp', 'total'):
         vals = np.array([v.ms.get(k, math.nan) for v in vers], float)

@@ -28,6 +28,7 @@ from posenet_ros.core.errors import MapBuildError, MissingIntrinsicsError
 from posenet_ros.verify.features import (
     DEFAULT_MAX_FEATURES,
     FEATURE_KINDS,
+    FeatureSpec,
     extract_features,
     match_descriptors,
     matcher_descriptors,
@@ -56,6 +57,9 @@ class MapConfig:
 
     feature: str = 'sift'
     max_features: int = DEFAULT_MAX_FEATURES
+    preprocess: str = 'clahe'  # grey-image preparation before detection (features.PREPROCESSING)
+    contrast_threshold: float = 0.04  # SIFT's, on the prepared image
+    relative_contrast: bool = True  # scale it down on low-contrast frames
     ratio: float = 0.8  # Lowe's ratio test, both directions
     epipolar_px: float = 2.0  # Sampson distance to the epipolar line of the known poses
     max_view_angle_deg: float = 40.0  # pairs: optical axes at most this far apart
@@ -155,6 +159,7 @@ def _frame_features(samples, K, cfg: MapConfig, steps, reloc):
     from posenet_ros.datasets import load_image
 
     feats, sizes, globals_ = [], [], []
+    spec = feature_spec(cfg)
     for s, k in steps(zip(samples, K), 'local and global features', len(samples)):
         img = load_image(s)
         h, w = img.shape[:2]
@@ -164,10 +169,17 @@ def _frame_features(samples, K, cfg: MapConfig, steps, reloc):
                 f'the {w}x{h} image; the intrinsics are for another resolution. Pass '
                 '--intrinsics fx,fy,cx,cy for the stored images')
         sizes.append((w, h))
-        feats.append(extract_features(img, cfg.feature, cfg.max_features))
+        feats.append(extract_features(img, spec))
         if reloc is not None:
             globals_.append(reloc.predict(img).feature)
     return feats, sizes, globals_
+
+
+def feature_spec(cfg: MapConfig) -> FeatureSpec:
+    """The local-feature settings of a map built with ``cfg`` (the query uses the same)."""
+    return FeatureSpec(kind=cfg.feature, max_features=cfg.max_features, preprocess=cfg.preprocess,
+                       contrast_threshold=cfg.contrast_threshold,
+                       relative=cfg.relative_contrast)
 
 
 def _geometric_matches(feats, T, K, pairs, cfg: MapConfig, steps):
@@ -228,11 +240,13 @@ def _header(meta, model: Path, source, split, cfg, names, pos, offsets, tracks, 
     return {
         'model_id': str(meta['model_id']), 'model_file': model.name,
         'backbone': meta.get('backbone'), 'dataset': source, 'split': split,
-        'feature': cfg.feature,
+        'feature': cfg.feature, 'feature_spec': feature_spec(cfg).to_dict(),
         'global_feature': extra['global_feature'],
         'config': {k: (list(v) if isinstance(v, tuple) else v)
                    for k, v in vars(cfg).items()},
         'frames_fingerprint': frames_fingerprint(names, pos), 'frame_names': names,
+        'sessions': [{'name': 'session 0', 'dataset': source, 'split': split, 'first_frame': 0,
+                      'frames': len(names)}],
         'intrinsics_source': extra['intrinsics_source'],
         'stats': {
             'frames': len(names), 'pairs': extra['pairs'], 'raw_matches': extra['raw_matches'],
@@ -340,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--dataset-kind', default='auto',
                     choices=('auto', 'manifest', 'cambridge', '7scenes', 'bag'))
     ap.add_argument('--out', type=Path, help='map file (default: <model>.map.npz beside it)')
+    ap.add_argument('--add', action='store_true',
+                    help="add --dataset's posed frames (another session: dusk, another "
+                         'season, verified frames) to the existing map --out instead of '
+                         'building a new one')
+    ap.add_argument('--session', help='name of the session --add adds (default: session N)')
     ap.add_argument('--intrinsics', metavar='FX,FY,CX,CY',
                     help='pinhole intrinsics in pixels of the stored images, for datasets '
                          'without them (applies to every frame)')
@@ -367,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                     min_angle_deg=args.min_angle, min_views=args.min_views,
                     epipolar_px=args.epipolar_px)
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
+    if args.add:
+        return _main_add(args, K)
     path, header = build_map(args.model, args.out, dataset=args.dataset, split=args.split,
                              dataset_kind=args.dataset_kind, intrinsics=K, config=cfg,
                              device=args.device, global_features=not args.no_global_features,
@@ -377,4 +398,22 @@ def main(argv: list[str] | None = None) -> int:
           f'{st["pairs"]} pairs, {st["points"]} points from {st["observations"]} observations '
           f'(median {st["median_track_views"]:.0f} views, {st["median_angle_deg"]:.1f} deg), '
           f'built in {header["timings_s"]["total_s"]:.1f} s')
+    return 0
+
+
+def _main_add(args, K) -> int:
+    from posenet_ros.verify.sessions import add_session
+
+    if args.dataset is None:
+        raise MapBuildError("'posenet-ros map --add' needs --dataset with the posed frames of "
+                            'the session to add')
+    path, header = add_session(args.out or default_map_path(args.model), args.model,
+                               args.dataset, split=args.split, dataset_kind=args.dataset_kind,
+                               intrinsics=K, name=args.session, device=args.device,
+                               progress=not args.quiet)
+    s = header['sessions'][-1]
+    print(f'map {path}: added {s["name"]!r} ({s["frames"]} frames of {s["dataset"]}): '
+          f'{s["links"]} observations of existing points, {s["points_added"]} new points, '
+          f'{s["seconds"]:.1f} s; {len(header["sessions"])} sessions, '
+          f'{header["stats"]["frames"]} frames, {header["stats"]["points"]} points')
     return 0

@@ -8,7 +8,7 @@ query must use the same kind (the map file records it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
@@ -36,14 +36,59 @@ class LocalFeatures:
 
 
 _DETECTORS: dict = {}
+_CLAHE: dict = {}
+
+#: Grey-image preparation before detection: ``clahe`` (contrast-limited adaptive histogram
+#: equalisation: dark, washed-out or unevenly lit frames get the local contrast of a well
+#: exposed one) or ``none`` (the raw grey image).
+PREPROCESSING = ('clahe', 'none')
+#: Band-pass contrast (grey levels) of a well-exposed frame; SIFT's contrast threshold is scaled
+#: by ``min(1, structure / REFERENCE_STRUCTURE)`` when the threshold is relative.
+REFERENCE_STRUCTURE = 12.0
 
 
-def _detector(kind: str, max_features: int):
-    key = (kind, max_features)
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How local features are extracted; the map records it and the query uses the map's.
+
+    ``contrast_threshold``: OpenCV SIFT's (applies to the prepared image); ``relative``: scaled
+    down on frames of low contrast (:func:`image_structure`), so a dark frame keeps the
+    candidates a bright one has.
+    """
+
+    kind: str = 'sift'
+    max_features: int = DEFAULT_MAX_FEATURES
+    preprocess: str = 'clahe'
+    contrast_threshold: float = 0.04
+    relative: bool = True
+    clahe_clip: float = 2.0
+
+    def __post_init__(self):
+        if self.kind not in FEATURE_KINDS:
+            raise ConfigError(f'unknown local feature kind {self.kind!r}; choose one of '
+                              f'{", ".join(FEATURE_KINDS)}')
+        if self.preprocess not in PREPROCESSING:
+            raise ConfigError(f'unknown preprocessing {self.preprocess!r}; choose one of '
+                              f'{", ".join(PREPROCESSING)}')
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form (the map header's ``feature_spec``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FeatureSpec:
+        """Inverse of :meth:`to_dict` (unknown keys are an error: another version's map)."""
+        return cls(**d)
+
+
+def _detector(kind: str, max_features: int, contrast_threshold: float = 0.04):
+    key = (kind, max_features, round(contrast_threshold, 5))
     det = _DETECTORS.get(key)
     if det is None:
+        if len(_DETECTORS) > 64:
+            _DETECTORS.pop(next(iter(_DETECTORS)))
         if kind == 'sift':
-            det = cv2.SIFT_create(nfeatures=max_features)
+            det = cv2.SIFT_create(nfeatures=max_features, contrastThreshold=contrast_threshold)
         elif kind == 'orb':
             det = cv2.ORB_create(nfeatures=max_features, scaleFactor=1.2, nlevels=8,
                                  fastThreshold=10)
@@ -54,17 +99,61 @@ def _detector(kind: str, max_features: int):
     return det
 
 
-def extract_features(rgb: np.ndarray, kind: str = 'sift',
-                     max_features: int = DEFAULT_MAX_FEATURES) -> LocalFeatures:
-    """Detect and describe local features of an RGB (or grey) uint8 image."""
+def grey_image(rgb: np.ndarray) -> np.ndarray:
+    """uint8 grey image of an RGB (or already grey) uint8 frame."""
     img = np.asarray(rgb)
-    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
-    kps, desc = _detector(kind, int(max_features)).detectAndCompute(grey, None)
-    width = 32 if kind == 'orb' else 128
+    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
+
+
+def image_structure(grey: np.ndarray) -> float:
+    """Band-pass contrast of a grey frame, in grey levels: what there is to see in it.
+
+    The frame is area-averaged to ~80 px wide (pixel noise averages out), and a Gaussian of
+    4 of those pixels is subtracted (smooth gradients, vignetting and exposure go); the
+    standard deviation of what is left is texture at the scales local features use. A lens
+    cap, a hand over the lens or a smeared lens give ~0-1; a frame at dusk (half brightness,
+    noisy) or blurred by motion keeps most of its structure.
+    """
+    h, w = grey.shape[:2]
+    f = max(1, int(round(w / 80)))
+    small = cv2.resize(grey, (max(1, w // f), max(1, h // f)),
+                       interpolation=cv2.INTER_AREA).astype(np.float32)
+    band = small - cv2.GaussianBlur(small, (0, 0), 4.0, borderType=cv2.BORDER_REFLECT)
+    return float(band.std())
+
+
+def prepare(grey: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """The grey image detection runs on (``spec.preprocess``)."""
+    if spec.preprocess == 'none':
+        return grey
+    h, w = grey.shape[:2]
+    tiles = (max(1, int(round(w / 80))), max(1, int(round(h / 80))))
+    key = (spec.clahe_clip, tiles)
+    clahe = _CLAHE.get(key)
+    if clahe is None:
+        clahe = _CLAHE[key] = cv2.createCLAHE(clipLimit=spec.clahe_clip, tileGridSize=tiles)
+    return clahe.apply(grey)
+
+
+def extract_features(rgb: np.ndarray, kind: str | FeatureSpec = 'sift',
+                     max_features: int | None = None) -> LocalFeatures:
+    """Detect and describe local features of an RGB (or grey) uint8 image.
+
+    ``kind``: a :class:`FeatureSpec` (the map's) or a kind name (default settings);
+    ``max_features`` overrides the spec's.
+    """
+    spec = kind if isinstance(kind, FeatureSpec) else FeatureSpec(kind=kind)
+    n = int(max_features or spec.max_features)
+    grey = grey_image(rgb)
+    threshold = spec.contrast_threshold
+    if spec.relative and spec.kind == 'sift':
+        threshold *= min(1.0, max(image_structure(grey), 1.0) / REFERENCE_STRUCTURE)
+    kps, desc = _detector(spec.kind, n, threshold).detectAndCompute(prepare(grey, spec), None)
+    width = 32 if spec.kind == 'orb' else 128
     if desc is None or not kps:
         return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, width), np.uint8))
     xy = np.array([k.pt for k in kps], dtype=np.float32).reshape(-1, 2)
-    if kind == 'sift':  # integer-valued floats in 0..255 (OpenCV saturates them)
+    if spec.kind == 'sift':  # integer-valued floats in 0..255 (OpenCV saturates them)
         desc = np.clip(np.rint(desc), 0, 255).astype(np.uint8)
     return LocalFeatures(xy, np.ascontiguousarray(desc, dtype=np.uint8))
 
@@ -84,7 +173,10 @@ def matcher_descriptors(desc: np.ndarray, kind: str) -> np.ndarray:
 
 
 def _knn(d1: np.ndarray, d2: np.ndarray, kind: str, k: int):
-    """``(idx (N, k), dist (N, k))`` sorted nearest first, and the nearest d1 row of each d2 row.
+    """``(idx (N, k), dist (N, k))`` sorted nearest first, and the nearest d1 row of the d2 rows.
+
+    ``back[j]``: the d1 row nearest to d2 row ``j``, for every ``j`` that is some d1 row's
+    nearest (-1 for the others; only those are asked for).
 
     SIFT: one matrix product. ORB: OpenCV's Hamming brute force (popcount on the bytes).
     """
@@ -99,12 +191,17 @@ def _knn(d1: np.ndarray, d2: np.ndarray, kind: str, k: int):
         back = np.array([m.trainIdx for m in bf.match(d2, d1)], np.int64)
         return idx, dist, back
     sim = d1 @ d2.T  # unit rows: distance = sqrt(2 - 2 sim)
-    top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    n2 = sim.shape[1]
+    top = np.argpartition(sim, n2 - k, axis=1)[:, n2 - k:]  # no negated copy of the matrix
     top_s = np.take_along_axis(sim, top, axis=1)
     order = np.argsort(-top_s, axis=1, kind='stable')
     top = np.take_along_axis(top, order, axis=1)
     dist = np.sqrt(np.maximum(2.0 - 2.0 * np.take_along_axis(top_s, order, axis=1), 0.0))
-    return top, dist, np.argmax(sim, axis=0)
+    # the mutual check needs the nearest d1 row only of the d2 rows some d1 row chose
+    cols = np.unique(top[:, 0])
+    back = np.full(n2, -1, np.int64)
+    back[cols] = np.argmax(sim[:, cols], axis=0)
+    return top, dist, back
 
 
 def match_descriptors(d1: np.ndarray, d2: np.ndarray, kind: str, ratio: float = 0.8,

@@ -4,6 +4,7 @@ Layout (numpy ``.npz``, uncompressed so it loads with one read; ``allow_pickle``
 
 * ``header``: JSON (utf-8 bytes) with ``format`` = ``posenet_ros-map``, ``version``,
   ``model_id`` (from the export's metadata), ``model_file``, ``feature`` (``sift``/``orb``),
+  ``feature_spec`` (how local features are extracted: the query uses the same),
   dataset, build parameters and statistics, frame names and a fingerprint of the frames;
 * per frame ``f`` (F frames, the posed mapping frames): ``frame_position`` (F, 3) camera centre
   in the map, ``frame_quaternion`` (F, 4) wxyz camera-to-map rotation (``T_map_cam``),
@@ -37,7 +38,9 @@ __all__ = ['MAP_FORMAT', 'MAP_VERSION', 'SceneMap', 'save_map', 'load_map', 'def
            'frames_fingerprint']
 
 MAP_FORMAT = 'posenet_ros-map'
-MAP_VERSION = 1
+# 2: features extracted after contrast normalisation, recorded as the header's feature_spec
+# (a version-1 map's descriptors come from raw frames: queries would not match them as well)
+MAP_VERSION = 2
 _ARRAYS = ('frame_position', 'frame_quaternion', 'frame_K', 'frame_size', 'frame_global',
            'frame_offsets', 'obs_xy', 'obs_desc', 'obs_point', 'points', 'point_views')
 
@@ -85,6 +88,13 @@ class SceneMap:
     def feature(self) -> str:
         """Local feature kind (``'sift'`` or ``'orb'``)."""
         return str(self.header['feature'])
+
+    @property
+    def feature_spec(self):
+        """How the map's local features were extracted (a query must use the same)."""
+        from posenet_ros.verify.features import FeatureSpec
+
+        return FeatureSpec.from_dict(self.header['feature_spec'])
 
     @property
     def n_frames(self) -> int:
@@ -141,7 +151,7 @@ def load_map(path, model_id: str | None = None) -> SceneMap:
             if version != MAP_VERSION:
                 raise IncompatibleMapError(
                     f'{path} is map format version {version}, this posenet_ros reads version '
-                    f'{MAP_VERSION}; {rebuild}')
+                    f'{MAP_VERSION} (its local features are extracted another way); {rebuild}')
             missing = [k for k in _ARRAYS if k not in npz.files]
             if missing:
                 raise CorruptMapError(f'{path} lacks array(s) {missing}; {rebuild}')

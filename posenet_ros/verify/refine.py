@@ -29,9 +29,16 @@ import numpy as np
 
 from posenet_ros.core.errors import MissingIntrinsicsError
 from posenet_ros.core.geometry import invert, matrix_to_quat, quat_to_matrix
-from posenet_ros.verify.features import extract_features, match_descriptors, matcher_descriptors
+from posenet_ros.verify.features import (
+    extract_features,
+    grey_image,
+    image_structure,
+    match_descriptors,
+    matcher_descriptors,
+)
 from posenet_ros.verify.mapfile import SceneMap
 from posenet_ros.verify.pairs import optical_axes
+from posenet_ros.verify.sessions import frame_sessions, session_names
 
 __all__ = ['VerifierConfig', 'Verification', 'MapLocalizer', 'STATUSES', 'pose_covariance']
 
@@ -46,12 +53,17 @@ class VerifierConfig:
     k_global: int = 3  # ... plus the nearest in network-feature space
     max_view_angle_deg: float = 60.0  # pose candidates: optical axes at most this far apart
     ratio: float = 0.8  # Lowe's ratio test (mutual) between query and candidate keypoints
-    max_features: int = 2000  # query local features
+    # query local features: the strongest 1,000 (a 640x480 frame after CLAHE has ~1,250, a
+    # 320x240 one ~500-650 under any condition); matching cost grows with their number
+    max_features: int = 1000
     pnp_threshold_px: float = 3.0  # RANSAC inlier threshold (reprojection error)
     pnp_iterations: int = 2000
     pnp_confidence: float = 0.9999
     # decision rule
-    min_query_features: int = 30  # fewer: rejected (blank, covered or blurred frame)
+    # band-pass contrast of the frame, grey levels (features.image_structure); lower: rejected
+    # (blank or covered: a lens cap, a hand, a smeared lens ~0-1.5; dusk at 1/4 brightness ~5)
+    min_structure: float = 2.0
+    min_query_features: int = 30  # fewer: unverified (too dark or too blurred to match)
     min_matches: int = 12  # fewer 2D-3D matches: unverified
     min_inliers: int = 30  # fewer PnP inliers: unverified
     min_inlier_ratio: float = 0.2  # lower inliers / matches: rejected (ambiguous)
@@ -82,7 +94,9 @@ class Verification:
     reproj_rms_px: float = float('nan')
     n_matches: int = 0
     n_query_features: int = 0
+    structure: float = float('nan')
     spread: float = float('nan')
+    session: str | None = None  # map session most inliers were observed in (when verified)
     candidates: list = field(default_factory=list)
     ms: dict = field(default_factory=dict)
 
@@ -158,11 +172,14 @@ class MapLocalizer:
         self.map = scene_map
         self.cfg = config or VerifierConfig()
         self.kind = scene_map.feature
+        self.spec = scene_map.feature_spec
         self.axes = optical_axes(scene_map.frame_quaternion)
         g = np.asarray(scene_map.frame_global, np.float32)
         self.global_unit = (g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
                             if g.size else None)
         self._desc_cache: dict[int, np.ndarray] = {}
+        self.sessions = session_names(scene_map.header)
+        self.frame_session = frame_sessions(scene_map.header, scene_map.n_frames)
 
     # -- helpers ------------------------------------------------------------------------------
     def default_intrinsics(self, width: int, height: int) -> np.ndarray:
@@ -203,7 +220,12 @@ class MapLocalizer:
             cos = self.axes @ axis
             ok = np.flatnonzero(cos >= np.cos(np.radians(c.max_view_angle_deg)))
             pool = ok if len(ok) else np.arange(self.map.n_frames)
-            out += [int(i) for i in pool[np.argsort(dist[pool], kind='stable')][:c.k_pose]]
+            order = pool[np.argsort(dist[pool], kind='stable')]
+            # the nearest frames of each session: a session added under another condition
+            # must not push the frames that match this one out of the candidates
+            for k in range(len(self.sessions)):
+                mine = order[self.frame_session[order] == k] if len(self.sessions) > 1 else order
+                out += [int(i) for i in mine[:c.k_pose]]
         if global_feature is not None and self.global_unit is not None and c.k_global > 0:
             g = np.asarray(global_feature, np.float32).reshape(-1)
             if g.shape[0] == self.global_unit.shape[1]:
@@ -214,19 +236,22 @@ class MapLocalizer:
 
     # -- stages -------------------------------------------------------------------------------
     def _correspondences(self, q, cand: list[int]) -> np.ndarray:
-        """``(M, 2)`` unique (query keypoint, map point) pairs against the candidate frames."""
+        """``(M, 3)`` unique (query keypoint, map point) pairs and a map frame that saw each."""
         qd = matcher_descriptors(q.desc, self.kind)
         rows = np.concatenate([np.arange(self.map.frame_offsets[f], self.map.frame_offsets[f + 1])
                                for f in cand]) if cand else np.zeros(0, np.int64)
         if len(rows) < 2:
-            return np.zeros((0, 2), np.int64)
+            return np.zeros((0, 3), np.int64)
         db = np.concatenate([self._frame_desc(f) for f in cand])
         pid = self.map.obs_point[rows]
         # one product against every candidate observation; the ratio test's second
         # neighbour must be another 3D point (a point seen in several candidates is not
         # ambiguous with itself)
         m = match_descriptors(qd, db, self.kind, self.cfg.ratio, mutual=True, labels2=pid)
-        return np.unique(np.stack([m[:, 0], pid[m[:, 1]]], axis=1), axis=0)
+        frame = np.repeat(cand, np.diff(self.map.frame_offsets)[cand])[m[:, 1]]
+        _, first = np.unique(np.stack([m[:, 0], pid[m[:, 1]]], axis=1), axis=0,
+                             return_index=True)
+        return np.stack([m[first, 0], pid[m[first, 1]], frame[first]], axis=1).astype(np.int64)
 
     def _pnp(self, obj: np.ndarray, img: np.ndarray, K: np.ndarray):
         """RANSAC + LM pose; ``None`` or ``(rvec, tvec, inliers, errors, n behind)``.
@@ -285,18 +310,26 @@ class MapLocalizer:
         ms = {}
 
         t0 = time.perf_counter()
-        q = extract_features(frame, self.kind, c.max_features)
+        structure = image_structure(grey_image(frame))
+        q = (extract_features(frame, self.spec, c.max_features)
+             if structure >= c.min_structure else ())
         ms['features'] = (time.perf_counter() - t0) * 1e3
 
         def done(status, reason, **kw):
             ms.setdefault('matching', 0.0)
             ms.setdefault('pnp', 0.0)
             ms['total'] = (time.perf_counter() - t_start) * 1e3
-            return Verification(status, reason, n_query_features=len(q), ms=ms, **kw)
+            return Verification(status, reason, n_query_features=len(q), structure=structure,
+                                ms=ms, **kw)
 
+        # a covered lens is told by what the image holds, not by a feature count that a dark
+        # or blurred frame also fails
+        if not structure >= c.min_structure:
+            return done('rejected', f'image structure {structure:.1f} < {c.min_structure} grey '
+                                    'levels: blank or covered frame (nothing to see)')
         if len(q) < c.min_query_features:
-            return done('rejected', f'{len(q)} local features < {c.min_query_features}: blank, '
-                                    'covered or blurred frame')
+            return done('unverified', f'{len(q)} local features < {c.min_query_features}: too '
+                                      'dark or too blurred to match')
         t0 = time.perf_counter()
         cand = self.candidates(position, quaternion_wxyz, global_feature)
         corr = self._correspondences(q, cand)
@@ -337,6 +370,8 @@ class MapLocalizer:
         problems = self._problems(T, cov, n_in, behind, ratio, rms, spread, position)
         if problems:
             return done('rejected', '; '.join(problems), **common)
+        sessions = np.bincount(self.frame_session[corr[inl, 2]], minlength=len(self.sessions))
+        common['session'] = self.sessions[int(np.argmax(sessions))]
         return done('verified', f'{n_in} inliers ({ratio:.0%}), RMS {rms:.2f} px',
                     position=T[:3, 3].copy(), quaternion_wxyz=matrix_to_quat(T[:3, :3]),
                     covariance=cov, **common)
