@@ -76,10 +76,10 @@ def test_naive_node_runs_the_exported_weights(tmp_path, backbone, one_torch_thre
 
 
 def _run_bench(tmp_path, script: str, *args: str) -> tuple[dict, str]:
-    """Run ``scripts/<script>`` at 320x240, 3 s per run; its JSON results and its output."""
+    """Run ``scripts/<script>`` at 320x240, 2 s per run; its JSON results and its output."""
     out = tmp_path / 'bench.json'
     cmd = [sys.executable, str(ROOT / 'scripts' / script), '--width', '320', '--height', '240',
-           '--crop', '64', '--duration', '3', '--warmup', '0.5', *args, '--json', str(out)]
+           '--crop', '64', '--duration', '2', '--warmup', '0.3', *args, '--json', str(out)]
     env = ros_env(0, tmp_path / 'log')  # the script picks its own domain id
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
                           cwd=str(ROOT))
@@ -88,7 +88,7 @@ def _run_bench(tmp_path, script: str, *args: str) -> tuple[dict, str]:
 
 
 def test_node_latency_benchmark_runs_end_to_end(tmp_path):
-    """Real node (fp32 and int8) and naive node in their own processes, 3 s each at 30 Hz."""
+    """Real node (fp32 and int8) and naive node in their own processes, 2 s each at 30 Hz."""
     res, stdout = _run_bench(tmp_path, 'bench_node_latency.py')
     for name in ('node', 'node_int8', 'naive'):
         r = res[name]
