@@ -104,9 +104,9 @@ def test_node_latency_benchmark_runs_end_to_end(tmp_path):
 
 
 def test_node_refine_benchmark_runs_end_to_end(tmp_path):
-    """The node with refine off / request / continuous and ~/relocalize calls, small sizes."""
+    """The node with refine off / request / continuous / supervised, ~/relocalize calls."""
     res, _ = _run_bench(tmp_path, 'bench_node_refine.py', '--map-frames', '40', '--calls', '2')
-    for name in ('refine_off', 'refine_request', 'refine_continuous'):
+    for name in ('refine_off', 'refine_request', 'refine_continuous', 'supervised'):
         r = res[name]
         assert r['sent'] > 0 and r['answered'] > 0, (name, r)  # how many: the benchmark's
         assert 0.0 < r['p50_ms'] <= r['p99_ms'], (name, r)
@@ -116,3 +116,4 @@ def test_node_refine_benchmark_runs_end_to_end(tmp_path):
     assert rel['error_m_max'] < 0.05 and rel['frame_to_answer_ms_p50'] > 0
     assert res['map']['mb'] > 0 and np.isfinite(res['ratio_request_vs_off_p50'])
     assert res['map']['node_load_s'] >= 0
+    assert np.isfinite(res['ratio_supervised_vs_request_p50'])
