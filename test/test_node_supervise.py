@@ -30,6 +30,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
+from visualization_msgs.msg import Marker  # noqa: E402
 
 from posenet_ros.core import geometry, ros_conversions  # noqa: E402
 from posenet_ros.core.image_conversion import rgb_to_image_fields  # noqa: E402
@@ -80,6 +81,9 @@ class Robot:
         ]
         self.subs.append(n.create_subscription(DiagnosticArray, '/diagnostics',
                                                self._on_diag, qos))
+        self.markers = []  # what rviz shows (latched, like the state)
+        self.subs.append(n.create_subscription(Marker, f'{NODE}/supervision_marker',
+                                               self.markers.append, latched))
         self.supervise = n.create_client(SetBool, f'{NODE}/supervise')
         self.i = 0
 
@@ -185,6 +189,10 @@ def test_the_node_initializes_watches_and_puts_back_a_localizer(robot):
         session.spin_until(lambda: False, 0.6)  # a diagnostics period after the last frame
         level, values = bot.diags['supervision']
         assert level == 0 and values['state'] == 'localized' and values['reinits_sent'] == '1'
+        # rviz: the state as text above the base frame, green when localized
+        marker = bot.markers[-1]
+        assert marker.text.startswith('posenet: localized') and marker.color.g > marker.color.r
+        assert marker.header.frame_id == 'base_link' and marker.type == Marker.TEXT_VIEW_FACING
         _, reloc = bot.diags['relocalization']
         print(f"supervision: {reloc['verify_attempts']} verifications, refine ms p50 "
               f"{reloc['refine_ms_p50']} (p95 {reloc['refine_ms_p95']}), inference ms p50 "

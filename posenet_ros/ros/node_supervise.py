@@ -27,6 +27,7 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
+from visualization_msgs.msg import Marker
 
 from posenet_ros.core.errors import ConfigError
 from posenet_ros.core.ros_conversions import stamp_to_ns
@@ -35,7 +36,8 @@ from posenet_ros.supervision import Supervisor, SupervisorConfig
 
 LATEST = TimeMsg()  # tf2's time 0: the latest transform
 
-__all__ = ['NodeSupervision', 'STATE_QOS', 'check_config', 'supervisor_config']
+__all__ = ['NodeSupervision', 'STATE_QOS', 'check_config', 'state_marker',
+           'supervisor_config']
 
 # Latched: a late subscriber (rviz, a test, a monitor) gets the current state at once.
 STATE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -91,6 +93,7 @@ class NodeSupervision:
         self._published = None
         self._localizer_cov = None
         self._state_pub = node.create_publisher(String, '~/supervision', STATE_QOS)
+        self._marker_pub = node.create_publisher(Marker, '~/supervision_marker', STATE_QOS)
         node.create_service(SetBool, '~/supervise', self._on_supervise)
         if cfg['localizer_pose_topic']:
             node.create_subscription(PoseWithCovarianceStamped, cfg['localizer_pose_topic'],
@@ -181,6 +184,32 @@ class NodeSupervision:
             return
         self._published = key
         self._state_pub.publish(String(data=json.dumps({**st, 'time': time.time()})))
+        self._marker_pub.publish(state_marker(st, self._cfg['base_frame']))
+
+
+# rviz colours of the states (RGB): what needs a look is yellow, what needs a person is red.
+_STATE_COLOURS = {'localized': (0.2, 0.8, 0.2), 'failed': (0.9, 0.1, 0.1),
+                  'lost': (0.9, 0.1, 0.1), 'recovering': (1.0, 0.6, 0.0),
+                  'suspect': (1.0, 0.8, 0.0)}
+
+
+def state_marker(status: dict, base_frame: str) -> Marker:
+    """The supervision state as text above the robot in rviz (a Marker display).
+
+    In the base frame at stamp 0, so rviz draws it with the latest TF: it follows the robot as
+    the localizer places it, which is what the state is about.
+    """
+    m = Marker()
+    m.header.frame_id = base_frame
+    m.ns, m.id = 'posenet_supervision', 0
+    m.type, m.action = Marker.TEXT_VIEW_FACING, Marker.ADD
+    m.pose.position.z = 1.8
+    m.pose.orientation.w = 1.0
+    m.scale.z = 0.3  # text height, m
+    m.color.r, m.color.g, m.color.b = _STATE_COLOURS.get(status['state'], (0.7, 0.7, 0.7))
+    m.color.a = 1.0
+    m.text = f"posenet: {status['state']}\n{status['reason']}"
+    return m
 
 
 def _text(value) -> str:
